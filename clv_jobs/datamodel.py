@@ -1,0 +1,180 @@
+"""The 25-column Datamodel CSV (SPEC "Data out" and "CSV format").
+
+UTF-8 without BOM, comma, header, RFC 4180 quoting (only where a field needs it), ``.``
+decimals, money to 2 decimals and days to 1, timestamps ``YYYY-MM-DD HH:MM:SS`` in the
+account's time zone, ``true``/``false``, empty field for null, sorted by CustomerId so a
+rerun is byte-identical. DuckDB's CSV writer does the quoting and writing in one
+columnar pass.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from clv_jobs.segments import SCORE_LABELS, SEGMENT_LABELS
+
+#: The Datamodel's columns, in order, with their SQL type (sql/datamodel_clv.sql).
+COLUMNS = {
+    "CustomerId": "varchar(255)",
+    "Email": "varchar(255)",
+    "ContactId": "varchar(255)",
+    "LTV_VALUE": "double precision",
+    "REC_VALUE": "double precision",
+    "FREQ_VALUE": "int",
+    "MON_VALUE": "double precision",
+    "CLV_SEGMENT": "varchar(255)",
+    "ID_CLV_SEGMENT": "varchar(255)",
+    "CLV_SCORE": "varchar(255)",
+    "ID_CLV_SCORE": "varchar(255)",
+    "DAYS_BTW_PURCHASE": "double precision",
+    "TICKET_AVG": "double precision",
+    "FIRST_TICKET_DATE": "timestamp",
+    "LAST_TICKET_DATE": "timestamp",
+    "LST90DAYS_REVENUE": "double precision",
+    "LST180DAYS_REVENUE": "double precision",
+    "LST360DAYS_REVENUE": "double precision",
+    "LST90DAYS_FREQ": "int",
+    "LST180DAYS_FREQ": "int",
+    "LST360DAYS_FREQ": "int",
+    "CG_SEGMENT": "varchar(255)",
+    "CLV_EVOLUTION": "varchar(255)",
+    "DIFF_TBP_RECENCY": "double precision",
+    "EMAIL_COMMUNICATIONS": "boolean",
+}
+
+#: Optional columns after the 25, from the scores table.
+EXTRA_COLUMNS = {
+    "P_ALIVE": "printf('%.6f', s.p_alive + 0.0)",
+    "CHURN": "printf('%.6f', s.churn + 0.0)",
+    "EXPECTED_PURCHASES": "printf('%.4f', s.expected_purchases + 0.0)",
+    "MODEL": "s.model",
+}
+
+
+def _money(expr: str) -> str:
+    # round() then + 0.0 turns -0.0 into 0.0, so no "-0.00" reaches the file.
+    return f"printf('%.2f', round({expr}, 2) + 0.0)"
+
+
+def _days(expr: str) -> str:
+    return f"printf('%.1f', round({expr}, 1) + 0.0)"
+
+
+def _timestamp(expr: str) -> str:
+    return f"strftime(timezone($tz, {expr} AT TIME ZONE 'UTC'), '%Y-%m-%d %H:%M:%S')"
+
+
+def _label_case(column: str, labels: dict[int, str]) -> str:
+    whens = " ".join(f"WHEN {key} THEN '{label.replace(chr(39), chr(39) * 2)}'" for key, label in labels.items())
+    return f"CASE {column} {whens} END"
+
+
+def datamodel_query(locale: str, extra_columns: list[str] = ()) -> str:
+    """SELECT producing the Datamodel's text fields from ``scores s`` and ``contacts c``."""
+    select = {
+        "CustomerId": "s.customer_id",
+        "Email": "c.email",
+        "ContactId": "c.contact_id",
+        "LTV_VALUE": _money("s.clv"),
+        "REC_VALUE": _days("s.rec_value"),
+        "FREQ_VALUE": "CAST(s.freq_value AS VARCHAR)",
+        "MON_VALUE": _money("s.mon_value"),
+        "CLV_SEGMENT": _label_case("s.segment_id", SEGMENT_LABELS[locale]),
+        "ID_CLV_SEGMENT": "CAST(s.segment_id AS VARCHAR)",
+        "CLV_SCORE": _label_case("s.score_id", SCORE_LABELS[locale]),
+        "ID_CLV_SCORE": "CAST(s.score_id AS VARCHAR)",
+        "DAYS_BTW_PURCHASE": _days("s.days_btw_purchase"),
+        "TICKET_AVG": _money("s.mon_value / s.freq_value"),
+        "FIRST_TICKET_DATE": _timestamp("s.first_ts"),
+        "LAST_TICKET_DATE": _timestamp("s.last_ts"),
+        "LST90DAYS_REVENUE": _money("s.lst90_revenue"),
+        "LST180DAYS_REVENUE": _money("s.lst180_revenue"),
+        "LST360DAYS_REVENUE": _money("s.lst360_revenue"),
+        "LST90DAYS_FREQ": "CAST(s.lst90_freq AS VARCHAR)",
+        "LST180DAYS_FREQ": "CAST(s.lst180_freq AS VARCHAR)",
+        "LST360DAYS_FREQ": "CAST(s.lst360_freq AS VARCHAR)",
+        "CG_SEGMENT": "s.control_group",
+        "CLV_EVOLUTION": "s.evolution",
+        "DIFF_TBP_RECENCY": _days("s.days_btw_purchase - s.rec_value"),
+        "EMAIL_COMMUNICATIONS": "CASE WHEN coalesce(c.email_opt_in, false) THEN 'true' ELSE 'false' END",
+    }
+    assert list(select) == list(COLUMNS)
+    select |= {name: EXTRA_COLUMNS[name] for name in extra_columns}
+    fields = ",\n    ".join(f'{expr} AS "{name}"' for name, expr in select.items())
+    return f"""
+SELECT
+    {fields}
+FROM scores s LEFT JOIN contacts c ON c.customer_id = s.customer_id
+ORDER BY s.customer_id
+"""
+
+
+def file_digest(path: str | Path) -> dict[str, int | str]:
+    """Bytes and SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return {"bytes": size, "sha256": digest.hexdigest()}
+
+
+def write_datamodel(
+    con: duckdb.DuckDBPyConnection,
+    scores: pd.DataFrame,
+    path: str | Path,
+    timezone: str = "UTC",
+    locale: str = "es",
+    extra_columns: list[str] = (),
+    compress: bool = False,
+) -> dict[str, int | str]:
+    """Write the Datamodel CSV of ``scores`` joined with the session's ``contacts`` table.
+
+    Parameters
+    ----------
+    con : duckdb.DuckDBPyConnection
+        Session holding ``contacts`` (:func:`clv_jobs.sources.prepare_contacts`).
+    scores : pandas.DataFrame
+        The run's scores table (:func:`clv_jobs.pipeline.score_account`).
+    path : str or Path
+        Destination file; written beside it under a temporary name, then renamed.
+    timezone, locale : str
+        Of the account: timestamps and labels.
+    extra_columns : list of str
+        Names from :data:`EXTRA_COLUMNS`, appended after the 25.
+    compress : bool
+        Gzip the file (deterministically: no name or time in the gzip header).
+
+    Returns
+    -------
+    dict
+        ``rows``, ``bytes``, ``sha256`` of the file as written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.partial")
+    plain = staging.with_suffix(".csv") if compress else staging
+    con.register("scores", scores)
+    try:
+        con.execute(
+            f"COPY ({datamodel_query(locale, list(extra_columns))}) TO '{plain}' "
+            "(FORMAT csv, HEADER true, DELIMITER ',', QUOTE '\"', ESCAPE '\"', NULLSTR '')",
+            {"tz": timezone},
+        )
+    finally:
+        con.unregister("scores")
+    if compress:
+        with open(plain, "rb") as source, open(staging, "wb") as raw:
+            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+        plain.unlink()
+    os.replace(staging, path)
+    return {"rows": int(len(scores)), **file_digest(path)}

@@ -1,0 +1,322 @@
+"""The jobs, one function each, as the CLI and the Airflow DAGs call them.
+
+- :func:`check_eligibility` — the daily check; records it and activates the account.
+- :func:`refit` — validate → features → fit → score → segments → Datamodel → publish.
+- :func:`export` — deliver a published Datamodel to the account's destinations.
+
+Each takes explicit arguments (project, account id, as-of date), reads and writes only that
+account and date, and returns a small JSON-safe dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+import clv_jobs
+from clv_jobs import delivery, segments
+from clv_jobs.asof import cutoff_utc
+from clv_jobs.datamodel import write_datamodel
+from clv_jobs.eligibility import EligibilityResult, evaluate, history_stats
+from clv_jobs.errors import InputError, NotEligibleError
+from clv_jobs.features import build_features, rfm_frame
+from clv_jobs.model import FittedModels, fit_models, score_customers
+from clv_jobs.settings import AccountSettings, Project
+from clv_jobs.sources import connect, load_account, prepare_contacts
+from clv_jobs.store import Store
+from clv_jobs.validation import ValidationReport, quarantined_rows, require_rows, validate_transactions
+
+log = logging.getLogger("clv_jobs")
+
+
+@contextmanager
+def _step(account: str, name: str):
+    """Log the start and duration of a step (the progress a user sees on long runs)."""
+    started = time.perf_counter()
+    log.info("%s: %s …", account, name)
+    yield
+    log.info("%s: %s done in %.1f s", account, name, time.perf_counter() - started)
+
+
+@dataclasses.dataclass
+class AccountData:
+    """An account's validated data for one as-of date, in an open DuckDB session."""
+
+    con: duckdb.DuckDBPyConnection
+    validation: ValidationReport
+    eligibility: EligibilityResult
+
+
+def load_validated(
+    project: Project, account: AccountSettings, as_of: dt.date, read_at: dt.datetime | None = None
+) -> AccountData:
+    """Read, validate and check eligibility of an account's data (shared by every job)."""
+    con = connect()
+    source = project.source_for(account)
+    with _step(account.account_id, "read and validate"):
+        loaded = load_account(con, source, account.account_id)
+        report = validate_transactions(
+            con, account.account_id, str(loaded["source"]), cutoff_utc(as_of, account.timezone),
+            account.quarantine_limit, read_at,
+        )
+    eligibility = evaluate(history_stats(con, account.timezone), as_of, account.eligibility)
+    return AccountData(con, report, eligibility)
+
+
+def check_eligibility(
+    project: Project, account_id: str, as_of: dt.date, read_at: dt.datetime | None = None
+) -> dict:
+    """Daily eligibility check: record it; activate the account the first time it passes.
+
+    Returns
+    -------
+    dict
+        ``account, as_of, eligible, reasons, buyers, first_purchase, max_purchases,
+        newly_activated`` (first scores are due today), ``lapsed`` (activated but no
+        longer eligible: it keeps its last model, flagged), ``activated_on``.
+    """
+    account = project.account(account_id)
+    store = Store(project.store_uri)
+    data = load_validated(project, account, as_of, read_at)
+    data.con.close()
+    result = data.eligibility
+    was_active = store.activation(account_id) is not None
+    record = result.as_dict() | {"account": account_id, "validation": data.validation.as_dict()}
+    store.record_eligibility(account_id, as_of, record)
+    if result.eligible and not was_active:
+        store.activate(account_id, as_of)
+    activation = store.activation(account_id)
+    outcome = {
+        "account": account_id,
+        "as_of": as_of.isoformat(),
+        "eligible": result.eligible,
+        "reasons": result.reasons,
+        "buyers": result.buyers,
+        "first_purchase": record["first_purchase"],
+        "max_purchases": result.max_purchases,
+        "newly_activated": result.eligible and not was_active,
+        "lapsed": was_active and not result.eligible,
+        "activated_on": activation["activated_on"] if activation else None,
+    }
+    log.info("%s: eligible=%s %s", account_id, result.eligible, "; ".join(result.reasons))
+    return outcome
+
+
+def _fingerprint(con: duckdb.DuckDBPyConnection, account: AccountSettings, previous: dict | None) -> str:
+    """Hash of everything a run's output depends on: same inputs, same run id, same bytes."""
+    data = con.execute(
+        "SELECT count(*), sum(amount), bit_xor(hash(customer_id, order_id, order_ts, amount)) "
+        "FROM transactions"
+    ).fetchall()[0]
+    contacts = con.execute(
+        "SELECT count(*), bit_xor(hash(customer_id, contact_id, email, email_opt_in)) FROM contacts"
+    ).fetchall()[0]
+    payload = json.dumps(
+        [str(data), str(contacts), account.model_dump(mode="json"), clv_jobs.__version__,
+         duckdb.__version__, previous["run_id"] if previous else None],
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+
+
+def score_account(
+    features: pd.DataFrame,
+    models: FittedModels,
+    account: AccountSettings,
+    previous_segments: pd.Series | None = None,
+) -> pd.DataFrame:
+    """The run's full per-customer scores table: features, predictions, segments, groups.
+
+    Parameters
+    ----------
+    features : pandas.DataFrame
+        :func:`clv_jobs.features.build_features`.
+    models : FittedModels
+    account : AccountSettings
+    previous_segments : pandas.Series, optional
+        Segment id by customer id from the previous run (for CLV_EVOLUTION).
+    """
+    predictions = score_customers(
+        models, rfm_frame(features), account.model.horizon_months, account.model.discount_rate,
+        account.model.time_unit,
+    )
+    table = features.copy()
+    for column in ("p_alive", "churn", "expected_purchases", "expected_spend", "clv"):
+        table[column] = predictions[column].to_numpy()
+    table["segment_id"] = segments.assign_segments(
+        table["freq_value"], table["rec_value"], table["days_btw_purchase"], table["tenure_days"],
+        table["clv"], table["p_alive"], account.segments,
+    )
+    table["score_id"] = segments.assign_scores(table["clv"])
+    table["control_group"] = segments.assign_control_group(
+        table["customer_id"], account.control_group_salt, account.control_group.share
+    )
+    previous = (
+        table["customer_id"].map(previous_segments).to_numpy(dtype=float)
+        if previous_segments is not None else np.full(len(table), np.nan)
+    )
+    table["evolution"] = segments.evolution(table["segment_id"], previous)
+    table["model"] = models.transaction_model
+    return table
+
+
+def _previous_segments(store: Store, account_id: str, previous: dict | None) -> pd.Series | None:
+    if previous is None:
+        return None
+    path = store.run_path(account_id, dt.date.fromisoformat(previous["as_of"]), previous["run_id"],
+                          "scores.parquet")
+    frame = store.read_parquet(path, columns=["customer_id", "segment_id"])
+    return frame.set_index("customer_id")["segment_id"]
+
+
+def refit(
+    project: Project,
+    account_id: str,
+    as_of: dt.date,
+    force: bool = False,
+    read_at: dt.datetime | None = None,
+) -> dict:
+    """Refit the account's models and rescore every buyer; publish the run to the store.
+
+    Parameters
+    ----------
+    project : Project
+    account_id : str
+    as_of : date
+        The run sees everything before this date (account time zone).
+    force : bool
+        Refit even when the account is not eligible (for example a backfill before
+        activation); otherwise a NotEligibleError says what is missing.
+    read_at : datetime, optional
+        When the data was read (naive UTC); defaults to now.
+
+    Returns
+    -------
+    dict
+        The run summary (also stored as ``summary.json``).
+    """
+    account = project.account(account_id)
+    store = Store(project.store_uri)
+    data = load_validated(project, account, as_of, read_at)
+    con = data.con
+    try:
+        if not data.eligibility.eligible and not force:
+            raise NotEligibleError(
+                f"account {account_id} is not eligible as of {as_of}: "
+                + "; ".join(data.eligibility.reasons) + " (use --force to fit anyway)"
+            )
+        require_rows(data.validation)
+        prepare_contacts(con)
+        with _step(account_id, "features"):
+            features = build_features(con, as_of, account.timezone, account.history_window_months,
+                                      account.model.time_unit)
+        if features.empty:
+            raise InputError(f"account {account_id}: no buyer in the {account.history_window_months}"
+                             f"-month history window before {as_of}")
+        with _step(account_id, f"fit {account.model.transaction_model} + gamma_gamma on {len(features)} buyers"):
+            fit_started = time.perf_counter()
+            models = fit_models(rfm_frame(features), account.model)
+            fit_seconds = time.perf_counter() - fit_started
+        previous = store.previous_run(account_id, as_of)
+        with _step(account_id, "score and segment"):
+            scores = score_account(features, models, account, _previous_segments(store, account_id, previous))
+        run_id = f"{as_of:%Y%m%d}-{_fingerprint(con, account, previous)}"
+        file_name = account.datamodel_file_name(as_of)
+        with tempfile.TemporaryDirectory(prefix="clv-") as workdir, _step(account_id, "write and publish"):
+            local_file = Path(workdir) / file_name
+            datamodel = None
+            if account.datamodel.enabled:
+                datamodel = write_datamodel(
+                    con, scores, local_file, account.timezone, account.labels_locale,
+                    account.datamodel.extra_columns, account.datamodel.gzip,
+                ) | {"file": file_name}
+                store.upload(str(local_file), store.run_path(account_id, as_of, run_id, file_name))
+            summary = {
+                "account": account_id,
+                "as_of": as_of.isoformat(),
+                "run_id": run_id,
+                "status": "published",
+                "model": models.transaction_model,
+                "model_version": f"{models.transaction_model}@{run_id}",
+                "buyers": int(len(scores)),
+                "fit_seconds": round(fit_seconds, 2),
+                "segments": {str(k): int(v) for k, v in sorted(scores["segment_id"].value_counts().items())},
+                "scores": {str(k): int(v) for k, v in sorted(scores["score_id"].value_counts().items())},
+                "control_group": int((scores["control_group"] == "CONTROL").sum()),
+                "evolution": {str(k): int(v) for k, v in sorted(scores["evolution"].value_counts().items())},
+                "total_clv": round(float(scores["clv"].sum()), 2),
+                "previous_run": previous["run_id"] if previous else None,
+                "eligibility": data.eligibility.as_dict(),
+                "validation": data.validation.as_dict(),
+                "datamodel": datamodel,
+                "clv_jobs_version": clv_jobs.__version__,
+            }
+            run = lambda name: store.run_path(account_id, as_of, run_id, name)  # noqa: E731
+            store.write_parquet(run("scores.parquet"), scores)
+            store.write_parquet(run("quarantine.parquet"), quarantined_rows(con))
+            store.write_json(run("model.json"), {
+                "model": models.transaction_model,
+                "parameters": models.parameters,
+                "diagnostics": models.diagnostics,
+                "settings": account.model.model_dump(mode="json"),
+            })
+            store.write_json(run("summary.json"), summary)
+            store.publish_run(account_id, as_of, {
+                "as_of": as_of.isoformat(), "run_id": run_id, "datamodel": datamodel,
+                "model_version": summary["model_version"],
+            })
+        if store.activation(account_id) is None and data.eligibility.eligible:
+            store.activate(account_id, as_of)
+        return summary
+    finally:
+        con.close()
+
+
+def export(project: Project, account_id: str, as_of: dt.date | None = None) -> dict:
+    """Deliver the published Datamodel of ``as_of`` (default: the latest run).
+
+    Returns
+    -------
+    dict
+        ``account, as_of, run_id, file, deliveries`` (one entry per destination).
+    """
+    account = project.account(account_id)
+    store = Store(project.store_uri)
+    pointer = store.run_for(account_id, as_of) if as_of else store.latest_run(account_id)
+    if pointer is None:
+        when = f"as of {as_of}" if as_of else "yet"
+        raise InputError(f"account {account_id}: no published run {when}; run `clv refit` first")
+    datamodel = pointer.get("datamodel")
+    if not datamodel:
+        raise InputError(f"account {account_id}: run {pointer['run_id']} has no Datamodel (disabled)")
+    run_day = dt.date.fromisoformat(pointer["as_of"])
+    manifest = {
+        "account": account_id,
+        "as_of": pointer["as_of"],
+        "file": datamodel["file"],
+        "rows": datamodel["rows"],
+        "bytes": datamodel["bytes"],
+        "sha256": datamodel["sha256"],
+        "model_version": pointer["model_version"],
+    }
+    with tempfile.TemporaryDirectory(prefix="clv-export-") as workdir:
+        local_file = Path(workdir) / datamodel["file"]
+        store.download(store.run_path(account_id, run_day, pointer["run_id"], datamodel["file"]), str(local_file))
+        destinations = [
+            dest.model_copy(update={"path": project.resolve(dest.path)}) for dest in account.datamodel.destinations
+        ]
+        deliveries = delivery.deliver(local_file, destinations, manifest)
+    log.info("%s: delivered %s to %d destination(s)", account_id, datamodel["file"], len(deliveries))
+    return {"account": account_id, "as_of": pointer["as_of"], "run_id": pointer["run_id"],
+            "file": datamodel["file"], "rows": datamodel["rows"], "deliveries": deliveries}

@@ -1,0 +1,310 @@
+"""Project and per-account settings, validated at load time.
+
+A project is a config folder::
+
+    config/
+      clv.yaml              # project: where the store is, the default data source
+      accounts/<id>.yaml    # one file per account; every key optional but account_id
+
+Every number of SPEC.md is a setting here with SPEC's default. Unknown keys are errors
+(a typo must not silently fall back to a default). Credentials never live here: sources
+and destinations name connections or environment variables instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import zoneinfo
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from clv_jobs.errors import ConfigError
+
+ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+#: The environment variable naming the config folder (``clv --config-dir`` overrides it).
+CONFIG_DIR_ENV = "CLV_CONFIG_DIR"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EligibilitySettings(_Strict):
+    """SPEC "Daily eligibility check" thresholds."""
+
+    min_months: Annotated[int, Field(ge=0, le=120)] = 4
+    min_buyers: Annotated[int, Field(ge=1)] = 500
+    min_max_purchases: Annotated[int, Field(ge=1)] = 3
+
+
+class ModelSettings(_Strict):
+    """Transaction and spend models (SPEC "Model")."""
+
+    transaction_model: Literal["pareto_nbd", "bg_nbd", "mbg_nbd"] = "pareto_nbd"
+    fit_method: Literal["map"] = "map"
+    #: ``default``: pymc-marketing's weakly informative priors; ``flat``: maximum likelihood.
+    priors: Literal["default", "flat"] = "default"
+    horizon_months: Annotated[int, Field(ge=1, le=120)] = 12
+    #: Monthly discount rate of the CLV (pymc-marketing's convention).
+    discount_rate: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    #: Time unit of recency and T handed to the models: days or weeks.
+    time_unit: Literal["D", "W"] = "D"
+
+
+class SegmentSettings(_Strict):
+    """SPEC "Segments" thresholds: days, purchase counts, LTV quantiles, at-risk rule."""
+
+    inactive_days: Annotated[float, Field(gt=0)] = 365
+    recent_days: Annotated[float, Field(ge=0)] = 90
+    hibernator_days: Annotated[float, Field(gt=0)] = 180
+    loyal_min_purchases: Annotated[int, Field(ge=2)] = 4
+    repeat_min_purchases: Annotated[int, Field(ge=2)] = 2
+    top_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.99
+    vip_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.80
+    value_quantile: Annotated[float, Field(gt=0, lt=1)] = 0.50
+    at_risk_p_alive: Annotated[float, Field(ge=0, le=1)] = 0.5
+    at_risk_tbp_factor: Annotated[float, Field(gt=0)] = 1.5
+
+
+class ControlGroupSettings(_Strict):
+    """SPEC "Control group": a stable hashed share of the contacts."""
+
+    share: Annotated[float, Field(ge=0, le=0.5)] = 0.10
+    #: Changing the salt reshuffles the groups; empty means "the account id".
+    salt: str = ""
+
+
+class LocalDestination(_Strict):
+    """Deliver to a folder on this machine (or a mounted share)."""
+
+    type: Literal["local"]
+    path: str
+
+
+Destination = Annotated[LocalDestination, Field(discriminator="type")]
+
+EXTRA_COLUMNS = ("P_ALIVE", "CHURN", "EXPECTED_PURCHASES", "MODEL")
+
+
+class DatamodelSettings(_Strict):
+    """The 25-column CSV: file name, compression, extra columns, where it goes."""
+
+    enabled: bool = True
+    file_name_template: str = "clv_datamodel_{account}_{yyyymmdd}.csv"
+    gzip: bool = False
+    extra_columns: list[Literal["P_ALIVE", "CHURN", "EXPECTED_PURCHASES", "MODEL"]] = []
+    destinations: list[Destination] = []
+
+    @field_validator("file_name_template")
+    @classmethod
+    def _template_names_known_fields(cls, value: str) -> str:
+        fields = set(re.findall(r"{(\w*)}", value))
+        unknown = fields - {"account", "yyyymmdd", "yyyy", "mm", "dd"}
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {sorted(unknown)}; use {{account}}, {{yyyymmdd}}, "
+                "{yyyy}, {mm}, {dd}"
+            )
+        if "/" in value or not value.strip():
+            raise ValueError("must be a plain file name (no folders)")
+        return value
+
+
+class DuckDBSource(_Strict):
+    """The embedded default: a DuckDB file with ``transactions`` and ``contacts`` tables."""
+
+    type: Literal["duckdb"] = "duckdb"
+    path: str = "warehouse.duckdb"
+
+
+class FilesSource(_Strict):
+    """A user's own CSV or Parquet files (one or both tables; globs allowed)."""
+
+    type: Literal["files"]
+    transactions: str
+    contacts: str | None = None
+
+
+Source = Annotated[DuckDBSource | FilesSource, Field(discriminator="type")]
+
+
+class AccountSettings(_Strict):
+    """Everything that can differ between two accounts (SPEC "Per-account settings")."""
+
+    account_id: Annotated[str, Field(pattern=ACCOUNT_ID_PATTERN)]
+    enabled: bool = True
+    timezone: str = "UTC"
+    history_window_months: Annotated[int, Field(ge=1, le=240)] = 24
+    #: When the monthly refit runs (cron, UTC); the DAG reads it.
+    schedule: str = "0 3 1 * *"
+    eligibility: EligibilitySettings = EligibilitySettings()
+    model: ModelSettings = ModelSettings()
+    segments: SegmentSettings = SegmentSettings()
+    labels_locale: Literal["es", "en", "fr"] = "es"
+    control_group: ControlGroupSettings = ControlGroupSettings()
+    rescore_on_purchase: bool = False
+    rescore_on_merge: bool = False
+    datamodel: DatamodelSettings = DatamodelSettings()
+    #: Highest tolerated share of quarantined rows before a run fails (0.01 = 1 %).
+    quarantine_limit: Annotated[float, Field(ge=0, le=1)] = 0.01
+    #: Where this account's data is read; ``None`` means the project's default source.
+    source: Source | None = None
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Europe/Madrid')")
+        return value
+
+    @property
+    def control_group_salt(self) -> str:
+        """The salt actually hashed: the account id unless one is set."""
+        return self.control_group.salt or self.account_id
+
+    def datamodel_file_name(self, as_of: dt.date) -> str:
+        """File name of the Datamodel for ``as_of`` (``.gz`` appended when gzipped)."""
+        name = self.datamodel.file_name_template.format(
+            account=self.account_id,
+            yyyymmdd=as_of.strftime("%Y%m%d"),
+            yyyy=f"{as_of:%Y}",
+            mm=f"{as_of:%m}",
+            dd=f"{as_of:%d}",
+        )
+        return name + ".gz" if self.datamodel.gzip else name
+
+
+class ProjectSettings(_Strict):
+    """Settings shared by all accounts of a deployment (``config/clv.yaml``)."""
+
+    #: Store root: a folder path or URI (``file://…``; ``s3://…`` in the Airflow stack).
+    store: str = "store"
+    #: Default source for accounts that name none.
+    source: Source = DuckDBSource()
+
+
+class Project:
+    """A loaded config folder: project settings plus every account's settings.
+
+    Relative paths in the settings are resolved against the config folder, so a project
+    can be moved as a whole.
+    """
+
+    def __init__(self, config_dir: Path, settings: ProjectSettings, accounts: dict[str, AccountSettings]):
+        self.config_dir = config_dir
+        self.settings = settings
+        self.accounts = accounts
+
+    def resolve(self, path_or_uri: str) -> str:
+        """Resolve a relative path against the config folder; URIs are left alone."""
+        if "://" in path_or_uri:
+            return path_or_uri
+        path = Path(os.path.expanduser(path_or_uri))
+        return str(path if path.is_absolute() else (self.config_dir / path).resolve())
+
+    @property
+    def store_uri(self) -> str:
+        """The store root, resolved."""
+        return self.resolve(self.settings.store)
+
+    def account(self, account_id: str) -> AccountSettings:
+        """Settings of one account, or a ConfigError listing the known ones."""
+        try:
+            return self.accounts[account_id]
+        except KeyError:
+            known = ", ".join(sorted(self.accounts)) or "none"
+            raise ConfigError(
+                f"account {account_id!r} is not configured in {self.config_dir / 'accounts'} "
+                f"(configured: {known})"
+            ) from None
+
+    def source_for(self, account: AccountSettings) -> DuckDBSource | FilesSource:
+        """The account's source with its paths resolved."""
+        source = account.source or self.settings.source
+        if isinstance(source, DuckDBSource):
+            return source.model_copy(update={"path": self.resolve(source.path)})
+        return source.model_copy(
+            update={
+                "transactions": self.resolve(source.transactions),
+                "contacts": self.resolve(source.contacts) if source.contacts else None,
+            }
+        )
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per problem: ``field.path: message (got value)``."""
+    lines = []
+    for problem in error.errors():
+        where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        got = problem.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  {where}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if content is None:
+        return {}
+    if not isinstance(content, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings, got {type(content).__name__}")
+    return content
+
+
+def parse_account(data: dict, origin: str = "<settings>") -> AccountSettings:
+    """Validate one account's settings, raising ConfigError naming ``origin`` and each field."""
+    try:
+        return AccountSettings.model_validate(data)
+    except ValidationError as exc:
+        account = data.get("account_id", "?") if isinstance(data, dict) else "?"
+        raise ConfigError(f"{origin}: invalid settings for account {account!r}:\n{_describe(exc)}") from None
+
+
+def load_project(config_dir: str | Path | None = None) -> Project:
+    """Load ``clv.yaml`` and ``accounts/*.yaml`` from the config folder.
+
+    Parameters
+    ----------
+    config_dir : str or Path, optional
+        The folder; defaults to ``$CLV_CONFIG_DIR``, then ``./config``.
+
+    Raises
+    ------
+    ConfigError
+        The folder is missing, or any file is invalid (all problems of that file listed).
+    """
+    folder = Path(config_dir or os.environ.get(CONFIG_DIR_ENV) or "config").resolve()
+    if not folder.is_dir():
+        raise ConfigError(
+            f"config folder {folder} does not exist (set --config-dir or ${CONFIG_DIR_ENV}; "
+            "`clv demo` creates a sample one)"
+        )
+    project_file = folder / "clv.yaml"
+    project_data = _read_yaml(project_file) if project_file.exists() else {}
+    try:
+        project_settings = ProjectSettings.model_validate(project_data)
+    except ValidationError as exc:
+        raise ConfigError(f"{project_file}: invalid project settings:\n{_describe(exc)}") from None
+
+    accounts: dict[str, AccountSettings] = {}
+    for path in sorted((folder / "accounts").glob("*.y*ml")):
+        account = parse_account(_read_yaml(path), origin=str(path))
+        if account.account_id != path.stem:
+            raise ConfigError(
+                f"{path}: account_id {account.account_id!r} does not match the file name "
+                f"(expected {path.stem!r})"
+            )
+        accounts[account.account_id] = account
+    return Project(folder, project_settings, accounts)

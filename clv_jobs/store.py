@@ -1,0 +1,173 @@
+"""Each account's runs, addressed by URI (a local folder by default; ``s3://`` works too).
+
+Layout under the store root::
+
+    <account>/
+      activation.json                  # first day the account became eligible
+      eligibility/<as_of>.json         # every daily check
+      runs/<as_of>/<run_id>/           # one folder per run, never changed once pointed to
+          scores.parquet  model.json  validation.json  quarantine.parquet
+          summary.json  <datamodel file>
+      runs/<as_of>/CURRENT.json        # the published run of that as-of date
+      current.json                     # the latest published run (highest as-of date)
+
+A run is written aside in its own folder, then published by replacing the small pointer
+files, each in one step (a rename on a local disk, a single PUT on S3). A job killed
+halfway leaves the previous pointers, so nothing half-written is ever current.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import uuid
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+def _dumps(payload: dict) -> bytes:
+    return (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+class Store:
+    """Read and write an account's artifacts under one root URI.
+
+    Parameters
+    ----------
+    uri : str
+        A local path, ``file:///…`` or ``s3://bucket/prefix`` (credentials and endpoint
+        from the environment, as boto and the AWS CLI read them).
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        if "://" in uri:
+            self.fs, root = pafs.FileSystem.from_uri(uri)
+        else:
+            self.fs, root = pafs.LocalFileSystem(), os.path.abspath(uri)
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Store({self.uri!r})"
+
+    def path(self, *parts: str) -> str:
+        """Path of an object under the root."""
+        return "/".join([self.root, *parts])
+
+    # -- bytes, JSON, Parquet ---------------------------------------------------------
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Write a whole object so that readers see the old or the new content, never a mix."""
+        parent = path.rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+        if self.is_local:
+            staging = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.partial"
+            with self.fs.open_output_stream(staging) as out:
+                out.write(data)
+            os.replace(staging, path)  # atomic on POSIX
+        else:
+            with self.fs.open_output_stream(path) as out:  # one PUT: atomic on S3
+                out.write(data)
+
+    def read_bytes(self, path: str) -> bytes:
+        """The whole object."""
+        with self.fs.open_input_stream(path) as stream:
+            return stream.read()
+
+    def exists(self, path: str) -> bool:
+        """Whether an object (or folder) exists."""
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def write_json(self, path: str, payload: dict) -> None:
+        """Pretty, key-sorted JSON (stable bytes for identical content)."""
+        self.write_bytes(path, _dumps(payload))
+
+    def read_json(self, path: str) -> dict | None:
+        """The parsed object, or None when it does not exist."""
+        if not self.exists(path):
+            return None
+        return json.loads(self.read_bytes(path))
+
+    def write_parquet(self, path: str, frame: pd.DataFrame) -> None:
+        """A DataFrame as Parquet (zstd)."""
+        buffer = io.BytesIO()
+        frame.to_parquet(buffer, index=False, compression="zstd")
+        self.write_bytes(path, buffer.getvalue())
+
+    def read_parquet(self, path: str, columns: list[str] | None = None) -> pd.DataFrame:
+        """A Parquet object as a DataFrame."""
+        return pq.read_table(path, filesystem=self.fs, columns=columns).to_pandas()
+
+    def upload(self, local_path: str, path: str) -> None:
+        """Copy a local file into the store."""
+        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pafs.copy_files(local_path, path, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+
+    def download(self, path: str, local_path: str) -> None:
+        """Copy an object to a local file."""
+        pafs.copy_files(path, local_path, source_filesystem=self.fs,
+                        destination_filesystem=pafs.LocalFileSystem())
+
+    def list_dirs(self, path: str) -> list[str]:
+        """Names of the folders directly under ``path`` (empty if it does not exist)."""
+        selector = pafs.FileSelector(path, allow_not_found=True)
+        return sorted(info.base_name for info in self.fs.get_file_info(selector)
+                      if info.type == pafs.FileType.Directory)
+
+    # -- runs ----------------------------------------------------------------------
+    def run_path(self, account: str, as_of: dt.date, run_id: str, name: str = "") -> str:
+        """Folder of one run (or a file in it)."""
+        parts = [account, "runs", as_of.isoformat(), run_id]
+        return self.path(*parts, name) if name else self.path(*parts)
+
+    def publish_run(self, account: str, as_of: dt.date, pointer: dict) -> None:
+        """Make a written run current for its as-of date, and the latest if it is."""
+        self.write_json(self.path(account, "runs", as_of.isoformat(), "CURRENT.json"), pointer)
+        latest = self.latest_run(account)
+        if latest is None or latest["as_of"] <= as_of.isoformat():
+            self.write_json(self.path(account, "current.json"), pointer)
+
+    def run_for(self, account: str, as_of: dt.date) -> dict | None:
+        """The published run of exactly ``as_of``, if any."""
+        return self.read_json(self.path(account, "runs", as_of.isoformat(), "CURRENT.json"))
+
+    def latest_run(self, account: str) -> dict | None:
+        """The published run with the highest as-of date."""
+        return self.read_json(self.path(account, "current.json"))
+
+    def previous_run(self, account: str, before: dt.date) -> dict | None:
+        """The published run with the highest as-of date strictly before ``before``."""
+        for day in reversed(self.list_dirs(self.path(account, "runs"))):
+            if day < before.isoformat():
+                pointer = self.run_for(account, dt.date.fromisoformat(day))
+                if pointer:
+                    return pointer
+        return None
+
+    # -- eligibility -----------------------------------------------------------------
+    def record_eligibility(self, account: str, as_of: dt.date, result: dict) -> None:
+        """Keep one record per daily check."""
+        self.write_json(self.path(account, "eligibility", f"{as_of.isoformat()}.json"), result)
+
+    def last_eligibility(self, account: str, on_or_before: dt.date) -> dict | None:
+        """The most recent check at or before a date."""
+        folder = self.path(account, "eligibility")
+        selector = pafs.FileSelector(folder, allow_not_found=True)
+        days = sorted(info.base_name.removesuffix(".json") for info in self.fs.get_file_info(selector)
+                      if info.base_name.endswith(".json"))
+        days = [day for day in days if day <= on_or_before.isoformat()]
+        return self.read_json(f"{folder}/{days[-1]}.json") if days else None
+
+    def activation(self, account: str) -> dict | None:
+        """``{"activated_on": …}`` once the account has become eligible, else None."""
+        return self.read_json(self.path(account, "activation.json"))
+
+    def activate(self, account: str, as_of: dt.date) -> None:
+        """Record the activation date (only the first one counts)."""
+        if self.activation(account) is None:
+            self.write_json(self.path(account, "activation.json"), {"activated_on": as_of.isoformat()})
