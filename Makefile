@@ -1,0 +1,29 @@
+# The README's commands. A fresh machine needs Python 3.12+ (pyenv reads .python-version).
+PYTHON ?= python3.12
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test lock clean
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+setup: $(STAMP)          ## create .venv from the lock and install clv_jobs
+
+demo: setup              ## simulate the sample accounts and run every job on them (./demo)
+	$(VENV)/bin/clv demo --workdir demo
+
+test: setup              ## every test: unit, model, pipeline, CLI, PostgreSQL
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lock:                    ## re-pin requirements.txt from the current venv
+	{ echo "# The lock: every package pinned, transitive ones included. Regenerate: make lock."; \
+	  $(VENV)/bin/pip freeze --exclude-editable | grep -viE "^clv-jobs=="; } > requirements.txt
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache
