@@ -158,12 +158,19 @@ def _print(args, rows: list[dict], columns: list[str], title: str) -> None:
     for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*("" if row.get(c) is None else str(row.get(c)) for c in columns))
+        table.add_row(*(_cell(row.get(c)) for c in columns))
     console.print(table)
 
 
-def _segments_text(counts: dict) -> str:
-    return " ".join(f"{k}:{v}" for k, v in sorted(counts.items(), key=lambda kv: int(kv[0])))
+def _cell(value) -> str:
+    """Table text of a JSON value: counts by segment id as ``id:count``, lists joined."""
+    if value is None:
+        return ""
+    if isinstance(value, dict):
+        return " ".join(f"{k}:{v}" for k, v in sorted(value.items(), key=lambda kv: int(kv[0])))
+    if isinstance(value, list):
+        return "; ".join(map(str, value))
+    return str(value)
 
 
 def _project(args):
@@ -185,11 +192,9 @@ def _cmd_demo(args) -> int:
 
     accounts = [a for a in SAMPLE_ACCOUNTS if not (args.skip_large and a.account_id == "shop_large")]
     rows = run_demo(args.workdir, DEMO_AS_OF, accounts)
-    for row in rows:
-        row["segments"] = _segments_text(row["segments"])
-        row["reasons"] = "; ".join(row["reasons"])
-        row["file"] = Path(row["file"]).name if row["file"] else None
-    _print(args, rows, ["account", "eligible", "buyers", "fit_seconds", "segments", "file", "reasons"],
+    table_rows = [row | {"file": Path(row["file"]).name if row["file"] else None} for row in rows]
+    _print(args, rows if args.json else table_rows,
+           ["account", "eligible", "buyers", "fit_seconds", "segments", "file", "reasons"],
            f"clv demo as of {DEMO_AS_OF} (segment id:count)")
     if not args.json:
         workdir = Path(args.workdir).resolve()
@@ -224,7 +229,7 @@ def _refit_row(summary: dict) -> dict:
     return {
         "account": summary["account"], "as_of": summary["as_of"], "buyers": summary["buyers"],
         "model": summary["model"], "fit_seconds": summary["fit_seconds"],
-        "segments": _segments_text(summary["segments"]),
+        "segments": summary["segments"],
         "quarantined": summary["validation"]["rows_quarantined"],
         "run_id": summary["run_id"],
     }
@@ -243,7 +248,6 @@ def _cmd_eligibility(args) -> int:
             pipeline.refit(project, account_id, as_of)
             pipeline.export(project, account_id, as_of)
             check["first_refit"] = "done"
-        check["reasons"] = "; ".join(check["reasons"])
         rows.append(check)
     _print(args, rows, ["account", "as_of", "eligible", "buyers", "first_purchase", "max_purchases",
                         "newly_activated", "lapsed", "first_refit", "reasons"], "eligibility")

@@ -14,8 +14,10 @@ and destinations name connections or environment variables instead.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import re
+import string
 import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
@@ -27,8 +29,15 @@ from clv_jobs.errors import ConfigError
 
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
+_CRON_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually")
+
 #: The environment variable naming the config folder (``clv --config-dir`` overrides it).
 CONFIG_DIR_ENV = "CLV_CONFIG_DIR"
+
+
+@functools.cache
+def _iana_time_zones() -> frozenset[str]:
+    return frozenset(zoneinfo.available_timezones())
 
 
 class _Strict(BaseModel):
@@ -104,14 +113,24 @@ class DatamodelSettings(_Strict):
     @field_validator("file_name_template")
     @classmethod
     def _template_names_known_fields(cls, value: str) -> str:
-        fields = set(re.findall(r"{(\w*)}", value))
+        # Parse as str.format does, so every template that loads also formats at run time
+        # (unbalanced braces, "{account!r}", "{yyyymmdd:%Y}" would otherwise fail mid-run).
+        try:
+            parsed = list(string.Formatter().parse(value))
+        except ValueError as exc:
+            raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}")
+        fields = {field for _, field, _, _ in parsed if field is not None}
         unknown = fields - {"account", "yyyymmdd", "yyyy", "mm", "dd"}
         if unknown:
             raise ValueError(
                 f"unknown placeholder(s) {sorted(unknown)}; use {{account}}, {{yyyymmdd}}, "
                 "{yyyy}, {mm}, {dd}"
             )
-        if "/" in value or not value.strip():
+        if any(spec or conversion for _, field, spec, conversion in parsed if field is not None):
+            raise ValueError(
+                "placeholders take no format spec or conversion (write {yyyymmdd}, not {yyyymmdd:%Y})"
+            )
+        if "/" in value or "\\" in value or value.strip() in ("", ".", ".."):
             raise ValueError("must be a plain file name (no folders)")
         return value
 
@@ -156,12 +175,26 @@ class AccountSettings(_Strict):
     #: Where this account's data is read; ``None`` means the project's default source.
     source: Source | None = None
 
+    @field_validator("schedule")
+    @classmethod
+    def _cron_shaped(cls, value: str) -> str:
+        # Only the shape: a typo must fail at load time, not when the DAG is parsed.
+        fields = value.split()
+        cron = len(fields) == 5 and all(re.fullmatch(r"[\w*/,?#-]+", field) for field in fields)
+        if not (cron or value in _CRON_PRESETS):
+            raise ValueError(
+                "not a cron expression: five fields 'min hour day month weekday' "
+                f"(e.g. '0 3 1 * *') or one of {', '.join(_CRON_PRESETS)}"
+            )
+        return value
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        # The IANA list, not ZoneInfo(value): that also opens folders ("Europe" raises
+        # IsADirectoryError) and host files (posixrules, right/UTC) DuckDB does not know;
+        # "localtime" is the host's zone, not the account's.
+        if value == "localtime" or value not in _iana_time_zones():
             raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Europe/Madrid')")
         return value
 
@@ -245,6 +278,10 @@ def _describe(error: ValidationError) -> str:
     for problem in error.errors():
         where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "union_tag_not_found":
+            message = "needs a 'type' key (source: duckdb or files; destination: local)"
+        elif problem["type"] == "extra_forbidden":
+            message = "unknown setting (check the spelling; see README 'Settings reference')"
         got = problem.get("input")
         shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
         lines.append(f"  {where}: {message}{shown}")
@@ -305,6 +342,11 @@ def load_project(config_dir: str | Path | None = None) -> Project:
             raise ConfigError(
                 f"{path}: account_id {account.account_id!r} does not match the file name "
                 f"(expected {path.stem!r})"
+            )
+        # a.yaml beside a.yml: one would silently replace the other.
+        if account.account_id in accounts:
+            raise ConfigError(
+                f"{path}: account {account.account_id!r} is configured twice in {folder / 'accounts'}"
             )
         accounts[account.account_id] = account
     return Project(folder, project_settings, accounts)
