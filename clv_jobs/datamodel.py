@@ -162,19 +162,27 @@ def write_datamodel(
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.partial")
     plain = staging.with_suffix(".csv") if compress else staging
+    # The path is a SQL string literal: double its quotes (a template may hold "o'brien").
+    literal = "'" + str(plain).replace("'", "''") + "'"
     con.register("scores", scores)
     try:
-        con.execute(
-            f"COPY ({datamodel_query(locale, list(extra_columns))}) TO '{plain}' "
-            "(FORMAT csv, HEADER true, DELIMITER ',', QUOTE '\"', ESCAPE '\"', NULLSTR '')",
-            {"tz": timezone},
-        )
-    finally:
-        con.unregister("scores")
-    if compress:
-        with open(plain, "rb") as source, open(staging, "wb") as raw:
-            with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as target:
-                shutil.copyfileobj(source, target, 1 << 20)
-        plain.unlink()
-    os.replace(staging, path)
+        try:
+            con.execute(
+                f"COPY ({datamodel_query(locale, list(extra_columns))}) TO {literal} "
+                "(FORMAT csv, HEADER true, DELIMITER ',', QUOTE '\"', ESCAPE '\"', NULLSTR '')",
+                {"tz": timezone},
+            )
+        finally:
+            con.unregister("scores")
+        if compress:
+            with open(plain, "rb") as source, open(staging, "wb") as raw:
+                with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
+            plain.unlink()
+        os.replace(staging, path)
+    except BaseException:
+        # A failed write leaves the previous file and no staging litter beside it.
+        plain.unlink(missing_ok=True)
+        staging.unlink(missing_ok=True)
+        raise
     return {"rows": int(len(scores)), **file_digest(path)}

@@ -127,7 +127,7 @@ def _fingerprint(con: duckdb.DuckDBPyConnection, account: AccountSettings, previ
          duckdb.__version__, previous["run_id"] if previous else None],
         sort_keys=True,
     )
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def score_account(
@@ -231,7 +231,8 @@ def refit(
         previous = store.previous_run(account_id, as_of)
         with _step(account_id, "score and segment"):
             scores = score_account(features, models, account, _previous_segments(store, account_id, previous))
-        run_id = f"{as_of:%Y%m%d}-{_fingerprint(con, account, previous)}"
+        fingerprint = _fingerprint(con, account, previous)
+        run_id = f"{as_of:%Y%m%d}-{fingerprint[:12]}"
         file_name = account.datamodel_file_name(as_of)
         with tempfile.TemporaryDirectory(prefix="clv-") as workdir, _step(account_id, "write and publish"):
             local_file = Path(workdir) / file_name
@@ -257,6 +258,7 @@ def refit(
                 "evolution": {str(k): int(v) for k, v in sorted(scores["evolution"].value_counts().items())},
                 "total_clv": round(float(scores["clv"].sum()), 2),
                 "previous_run": previous["run_id"] if previous else None,
+                "fingerprint": fingerprint,
                 "eligibility": data.eligibility.as_dict(),
                 "validation": data.validation.as_dict(),
                 "datamodel": datamodel,
@@ -270,6 +272,7 @@ def refit(
                 "parameters": models.parameters,
                 "diagnostics": models.diagnostics,
                 "settings": account.model.model_dump(mode="json"),
+                "fingerprint": fingerprint,
             })
             store.write_json(run("summary.json"), summary)
             store.publish_run(account_id, as_of, {

@@ -66,9 +66,15 @@ class Store:
         self.fs.create_dir(parent, recursive=True)
         if self.is_local:
             staging = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.partial"
-            with self.fs.open_output_stream(staging) as out:
-                out.write(data)
-            os.replace(staging, path)  # atomic on POSIX
+            try:
+                with self.fs.open_output_stream(staging) as out:
+                    out.write(data)
+                os.replace(staging, path)  # atomic on POSIX
+            except BaseException:
+                # A failed write keeps the old object and leaves no staging file behind.
+                if os.path.exists(staging):
+                    os.remove(staging)
+                raise
         else:
             with self.fs.open_output_stream(path) as out:  # one PUT: atomic on S3
                 out.write(data)
