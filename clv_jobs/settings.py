@@ -29,6 +29,7 @@ from clv_jobs.errors import ConfigError
 
 ACCOUNT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
+#: Airflow schedule presets accepted besides a five-field cron expression.
 _CRON_PRESETS = ("@hourly", "@daily", "@weekly", "@monthly", "@quarterly", "@yearly", "@annually")
 
 #: The environment variable naming the config folder (``clv --config-dir`` overrides it).
@@ -118,7 +119,9 @@ class DatamodelSettings(_Strict):
         try:
             parsed = list(string.Formatter().parse(value))
         except ValueError as exc:
-            raise ValueError(f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}")
+            raise ValueError(
+                f"not a valid template ({exc}); write a literal brace as {{{{ or }}}}"
+            ) from None
         fields = {field for _, field, _, _ in parsed if field is not None}
         unknown = fields - {"account", "yyyymmdd", "yyyy", "mm", "dd"}
         if unknown:
@@ -128,7 +131,8 @@ class DatamodelSettings(_Strict):
             )
         if any(spec or conversion for _, field, spec, conversion in parsed if field is not None):
             raise ValueError(
-                "placeholders take no format spec or conversion (write {yyyymmdd}, not {yyyymmdd:%Y})"
+                "placeholders take no format spec or conversion "
+                "(write {yyyymmdd}, not {yyyymmdd:%Y})"
             )
         if "/" in value or "\\" in value or value.strip() in ("", ".", ".."):
             raise ValueError("must be a plain file name (no folders)")
@@ -195,7 +199,9 @@ class AccountSettings(_Strict):
         # IsADirectoryError) and host files (posixrules, right/UTC) DuckDB does not know;
         # "localtime" is the host's zone, not the account's.
         if value == "localtime" or value not in _iana_time_zones():
-            raise ValueError(f"unknown time zone {value!r} (use an IANA name such as 'Europe/Madrid')")
+            raise ValueError(
+                f"unknown time zone {value!r} (use an IANA name such as 'Europe/Madrid')"
+            )
         return value
 
     @property
@@ -346,7 +352,8 @@ def load_project(config_dir: str | Path | None = None) -> Project:
         # a.yaml beside a.yml: one would silently replace the other.
         if account.account_id in accounts:
             raise ConfigError(
-                f"{path}: account {account.account_id!r} is configured twice in {folder / 'accounts'}"
+                f"{path}: account {account.account_id!r} is configured twice "
+                f"in {folder / 'accounts'}"
             )
         accounts[account.account_id] = account
     return Project(folder, project_settings, accounts)

@@ -95,8 +95,10 @@ def _load(
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {table} AS
-        SELECT row_number() OVER () AS source_row, {select}
-        FROM (SELECT * FROM {relation_sql} {account_filter})
+        SELECT source_row, {select}
+        -- Rows are numbered before the account filter: "row N" is the file's N-th data row.
+        FROM (SELECT row_number() OVER () AS source_row, * FROM {relation_sql})
+        {account_filter}
         """
     )
     return con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]

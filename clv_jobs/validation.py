@@ -135,7 +135,11 @@ def validate_transactions(
                 WHEN {_TIMESTAMP} > {_READ_AT} THEN 'future_timestamp'
                 WHEN {_TIMESTAMP} >= $cutoff THEN 'later'
                 WHEN {_AMOUNT} IS NULL OR NOT isfinite({_AMOUNT}) OR {_AMOUNT} < 0 THEN 'invalid_amount'
-                WHEN lower(trim(CAST(status AS VARCHAR))) IN {CANCELLED_STATUSES} THEN 'cancelled'
+                -- A later "cancelled" row of the same order id cancels the order, all its copies.
+                WHEN CAST(order_id AS VARCHAR) IN (
+                    SELECT CAST(order_id AS VARCHAR) FROM raw_transactions
+                    WHERE lower(trim(CAST(status AS VARCHAR))) IN {CANCELLED_STATUSES}
+                ) THEN 'cancelled'
                 ELSE 'clean'
             END AS outcome
         FROM raw_transactions

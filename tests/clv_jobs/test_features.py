@@ -1,0 +1,302 @@
+"""Tests for clv_jobs.features: the Datamodel columns on a hand-built table (window edges,
+history window, cutoff, time-zone days) and the model inputs against pymc-marketing's
+``rfm_summary`` on the same orders."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clv_jobs.asof import window_start_utc
+from clv_jobs.features import RFM_COLUMNS, build_features, rfm_frame
+from clv_jobs.sources import connect
+
+AS_OF = dt.date(2025, 6, 1)
+CUTOFF = dt.datetime(2025, 6, 1)  # the as-of instant in UTC
+DAY = dt.timedelta(days=1)
+SECOND = dt.timedelta(seconds=1)
+
+
+def _session(rows: list[tuple[str, dt.datetime, float]]):
+    """A connect() session holding ``transactions`` with one order per row (naive UTC)."""
+    con = connect()
+    con.execute(
+        "CREATE TEMP TABLE transactions (customer_id VARCHAR, order_id VARCHAR, "
+        "order_ts TIMESTAMP, amount DOUBLE)"
+    )
+    con.executemany(
+        "INSERT INTO transactions VALUES (?, ?, ?, ?)",
+        [(customer, f"o{i}", ts, amount) for i, (customer, ts, amount) in enumerate(rows)],
+    )
+    return con
+
+
+def _features(
+    rows, timezone: str = "UTC", months: int = 24, time_unit: str = "D", as_of: dt.date = AS_OF
+) -> pd.DataFrame:
+    return build_features(_session(rows), as_of, timezone, months, time_unit).set_index(
+        "customer_id"
+    )
+
+
+# Windows measured back from the as-of instant: each amount a power of two, so every sum
+# says exactly which orders it holds.
+EDGE_ROWS = [
+    ("edge", CUTOFF - 90 * DAY, 1.0),
+    ("edge", CUTOFF - 90 * DAY - SECOND, 2.0),
+    ("edge", CUTOFF - 180 * DAY, 4.0),
+    ("edge", CUTOFF - 180 * DAY - SECOND, 8.0),
+    ("edge", CUTOFF - 360 * DAY, 16.0),
+    ("edge", CUTOFF - 360 * DAY - SECOND, 32.0),
+]
+MULTI_ROWS = [
+    ("multi", dt.datetime(2025, 1, 1, 6), 10.0),
+    ("multi", dt.datetime(2025, 1, 1, 20), 5.0),  # same day: one purchase day
+    ("multi", dt.datetime(2025, 2, 10, 12), 30.0),
+    ("multi", dt.datetime(2025, 4, 20, 0), 60.0),
+    ("multi", CUTOFF, 1000.0),  # at the cutoff: a later run's
+    ("multi", dt.datetime(2025, 6, 3, 9), 2000.0),
+]
+SINGLE_ROWS = [("single", dt.datetime(2025, 5, 31, 18), 12.5)]
+HISTORY_ROWS = [
+    ("old", dt.datetime(2023, 5, 1, 10), 99.0),  # 25 months old: outside the history
+    ("old", dt.datetime(2025, 5, 1, 10), 7.0),
+    ("gone", dt.datetime(2023, 4, 1, 10), 50.0),  # only orders older than the window
+    ("gone", dt.datetime(2023, 5, 15, 10), 50.0),
+    ("start", dt.datetime(2023, 6, 1, 0), 3.0),  # first instant of the window
+    ("start", dt.datetime(2023, 5, 31, 23, 59, 59), 300.0),
+]
+
+
+@pytest.fixture(scope="module")
+def features() -> pd.DataFrame:
+    return _features(EDGE_ROWS + MULTI_ROWS + SINGLE_ROWS + HISTORY_ROWS)
+
+
+def test_one_row_per_buyer_of_the_window_sorted_by_customer_id(features):
+    assert list(features.index) == ["edge", "multi", "old", "single", "start"]
+
+
+def test_columns_are_the_documented_ones(features):
+    assert list(features.reset_index().columns) == [
+        "customer_id",
+        "freq_value",
+        "mon_value",
+        "first_ts",
+        "last_ts",
+        "rec_value",
+        "days_btw_purchase",
+        "tenure_days",
+        "lst90_revenue",
+        "lst90_freq",
+        "lst180_revenue",
+        "lst180_freq",
+        "lst360_revenue",
+        "lst360_freq",
+        "frequency",
+        "recency",
+        "T",
+        "monetary_value",
+    ]
+    assert rfm_frame(features.reset_index()).columns.tolist() == RFM_COLUMNS
+
+
+def test_descriptive_columns_equal_hand_computed_values(features):
+    multi = features.loc["multi"]
+    assert multi["freq_value"] == 4  # orders, not days
+    assert multi["mon_value"] == 105.0
+    assert multi["first_ts"] == pd.Timestamp("2025-01-01 06:00")
+    assert multi["last_ts"] == pd.Timestamp("2025-04-20 00:00")
+    assert multi["rec_value"] == 42.0  # 20 Apr 00:00 -> 1 Jun 00:00
+    assert multi["days_btw_purchase"] == pytest.approx((109 - 0.25) / 3, abs=1e-12)
+    assert multi["tenure_days"] == 150.75  # 1 Jan 06:00 -> 1 Jun 00:00
+
+
+def test_recency_is_fractional_days_from_the_as_of_instant(features):
+    single = features.loc["single"]
+    assert single["rec_value"] == 0.25  # 31 May 18:00 -> 1 Jun 00:00
+    assert single["tenure_days"] == 0.25
+
+
+def test_days_between_purchases_is_null_for_one_purchase(features):
+    assert np.isnan(features.loc["single", "days_btw_purchase"])
+    assert np.isnan(features.loc["old", "days_btw_purchase"])
+
+
+def test_long_spans_are_exact_days_not_month_approximations(features):
+    start = features.loc["start"]
+    assert start["tenure_days"] == (CUTOFF - dt.datetime(2023, 6, 1)).days == 731
+    assert start["rec_value"] == 731.0
+
+
+@pytest.mark.parametrize(
+    ("days", "revenue", "freq"),
+    [(90, 1.0, 1), (180, 1.0 + 2.0 + 4.0, 3), (360, 1.0 + 2.0 + 4.0 + 8.0 + 16.0, 5)],
+)
+def test_window_includes_an_order_exactly_n_days_before_the_cutoff(features, days, revenue, freq):
+    edge = features.loc["edge"]
+    assert edge[f"lst{days}_revenue"] == revenue
+    assert edge[f"lst{days}_freq"] == freq
+    assert edge["freq_value"] == 6 and edge["mon_value"] == 63.0
+
+
+def test_windows_are_zero_not_null_without_recent_orders(features):
+    start = features.loc["start"]
+    assert (
+        start["lst90_revenue"],
+        start["lst90_freq"],
+        start["lst360_revenue"],
+        start["lst360_freq"],
+    ) == (0.0, 0, 0.0, 0)
+
+
+def test_orders_on_or_after_the_cutoff_are_excluded(features):
+    multi = features.loc["multi"]
+    assert multi["last_ts"] < pd.Timestamp(CUTOFF)
+    assert multi["lst90_revenue"] == 60.0 and multi["lst90_freq"] == 1
+
+
+def test_history_window_excludes_orders_older_than_24_months(features):
+    assert features.loc["old", "freq_value"] == 1
+    assert features.loc["old", "mon_value"] == 7.0
+    assert features.loc["old", "first_ts"] == pd.Timestamp("2025-05-01 10:00")
+    assert "gone" not in features.index
+    assert features.loc["start", "freq_value"] == 1 and features.loc["start", "mon_value"] == 3.0
+
+
+def test_history_window_setting_is_in_calendar_months():
+    rows = [("x", dt.datetime(2024, 11, 30, 23, 59, 59), 1.0), ("x", dt.datetime(2024, 12, 1), 2.0)]
+    assert _features(rows, months=6).loc["x", "mon_value"] == 2.0
+
+
+def test_model_inputs_equal_hand_computed_values(features):
+    assert features.loc["multi", ["frequency", "recency", "T", "monetary_value"]].tolist() == [
+        2,
+        109.0,
+        150.0,
+        45.0,
+    ]  # days 1 Jan, 10 Feb, 20 Apr; T to 31 May
+    assert features.loc["single", ["frequency", "recency", "T", "monetary_value"]].tolist() == [
+        0,
+        0.0,
+        0.0,
+        0.0,
+    ]
+
+
+# --- time zone ----------------------------------------------------------------------------
+
+TZ_ROWS = [
+    ("tz", dt.datetime(2025, 4, 10, 22, 30), 10.0),  # 11 Apr 00:30 in Madrid (UTC+2)
+    ("tz", dt.datetime(2025, 4, 11, 21, 0), 20.0),  # 11 Apr 23:00 in Madrid
+    ("tz", dt.datetime(2025, 5, 31, 22, 30), 40.0),  # 1 Jun 00:30 in Madrid: a later run's
+]
+
+
+def test_orders_on_the_same_local_day_are_one_purchase_day():
+    madrid = _features(TZ_ROWS, "Europe/Madrid").loc["tz"]
+    assert (madrid["freq_value"], madrid["frequency"], madrid["recency"], madrid["T"]) == (
+        2,
+        0,
+        0.0,
+        50.0,
+    )
+    assert madrid["monetary_value"] == 0.0
+    utc = _features(TZ_ROWS, "UTC").loc["tz"]
+    assert (utc["freq_value"], utc["frequency"], utc["recency"], utc["T"]) == (3, 2, 51.0, 51.0)
+    assert utc["monetary_value"] == 30.0
+
+
+def test_time_zone_moves_cutoff_and_recency_to_local_midnight():
+    madrid = _features(TZ_ROWS, "Europe/Madrid").loc["tz"]
+    # the as-of instant is 31 May 22:00 UTC; the last order is 11 Apr 21:00 UTC
+    assert madrid["last_ts"] == pd.Timestamp("2025-04-11 21:00")
+    assert madrid["rec_value"] == pytest.approx(50 + 1 / 24, abs=1e-12)
+
+
+# --- pymc-marketing rfm_summary as the reference ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def random_orders() -> pd.DataFrame:
+    """Seeded orders over 27 months (some before the window, some after the cutoff),
+    with same-local-day repeats and orders near local midnight."""
+    rng = np.random.default_rng(20250601)
+    start = pd.Timestamp("2023-03-01").value // 10**9
+    end = pd.Timestamp("2025-06-10").value // 10**9
+    rows = []
+    for customer in range(80):
+        seconds = rng.integers(start, end, size=int(rng.integers(1, 9)))
+        stamps = list(pd.to_datetime(seconds, unit="s"))
+        if rng.random() < 0.3:  # a second order later the same day
+            stamps.append(stamps[0] + pd.Timedelta(minutes=int(rng.integers(1, 120))))
+        if rng.random() < 0.2:  # around local midnight
+            stamps.append(
+                pd.Timestamp("2024-10-26 21:59:00") + pd.Timedelta(minutes=int(rng.integers(0, 3)))
+            )
+        for stamp in stamps:
+            rows.append(
+                (f"c{customer:03d}", stamp.to_pydatetime(), round(float(rng.gamma(2.0, 20.0)), 2))
+            )
+    return pd.DataFrame(rows, columns=["customer_id", "order_ts", "amount"])
+
+
+def _reference(orders: pd.DataFrame, timezone: str, time_unit: str = "D", time_scaler: float = 1):
+    from pymc_marketing.clv.utils import rfm_summary
+
+    start = window_start_utc(AS_OF, 24, timezone)
+    in_history = orders[orders["order_ts"] >= start]  # the history window is ours to apply
+    frame = in_history.assign(
+        date=in_history["order_ts"]
+        .dt.tz_localize("UTC")
+        .dt.tz_convert(timezone)
+        .dt.tz_localize(None)
+    )
+    return (
+        rfm_summary(
+            frame,
+            "customer_id",
+            "date",
+            monetary_value_col="amount",
+            observation_period_end=pd.Timestamp(AS_OF - DAY),
+            time_unit=time_unit,
+            time_scaler=time_scaler,
+        )
+        .sort_values("customer_id")
+        .reset_index(drop=True)
+    )
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Europe/Madrid", "America/Mexico_City"])
+def test_model_inputs_equal_pymc_marketing_rfm_summary(random_orders, timezone):
+    rows = list(random_orders.itertuples(index=False, name=None))
+    ours = rfm_frame(build_features(_session(rows), AS_OF, timezone, 24, "D"))
+    reference = _reference(random_orders, timezone)
+
+    assert len(ours) > 50
+    assert ours["customer_id"].tolist() == reference["customer_id"].tolist()
+    for column in ("frequency", "recency", "T"):
+        np.testing.assert_array_equal(
+            ours[column].to_numpy(float), reference[column].to_numpy(), column
+        )
+    np.testing.assert_allclose(
+        ours["monetary_value"], reference["monetary_value"], rtol=1e-12, atol=0
+    )
+
+
+def test_weeks_are_the_day_values_divided_by_seven(random_orders):
+    rows = list(random_orders.itertuples(index=False, name=None))
+    days = rfm_frame(build_features(_session(rows), AS_OF, "Europe/Madrid", 24, "D"))
+    weeks = rfm_frame(build_features(_session(rows), AS_OF, "Europe/Madrid", 24, "W"))
+
+    pd.testing.assert_series_equal(weeks["frequency"], days["frequency"])
+    pd.testing.assert_series_equal(weeks["monetary_value"], days["monetary_value"])
+    np.testing.assert_array_equal(weeks["recency"], days["recency"] / 7)
+    np.testing.assert_array_equal(weeks["T"], days["T"] / 7)
+    # pymc-marketing's spelling of the same thing: day periods, scaled by 7.
+    reference = _reference(random_orders, "Europe/Madrid", time_unit="D", time_scaler=7)
+    np.testing.assert_allclose(weeks["recency"], reference["recency"], rtol=1e-15)
+    np.testing.assert_allclose(weeks["T"], reference["T"], rtol=1e-15)
