@@ -110,10 +110,8 @@ def fit_transaction_model(rfm: pd.DataFrame, name: str, priors: str = "default")
     return model
 
 
-def fit_spend_model(rfm: pd.DataFrame, priors: str = "default"):
-    """Fit Gamma-Gamma on repeat buyers with a positive mean repeat spend."""
-    from pymc_marketing.clv import GammaGammaModel
-
+def _spend_fit_rows(rfm: pd.DataFrame) -> pd.DataFrame:
+    """Repeat buyers with a positive mean repeat spend, or a ModelError if too few."""
     repeat = rfm.loc[(rfm["frequency"] > 0) & (rfm["monetary_value"] > 0),
                      ["customer_id", "frequency", "monetary_value"]]
     if len(repeat) < MIN_REPEAT_BUYERS:
@@ -121,6 +119,14 @@ def fit_spend_model(rfm: pd.DataFrame, priors: str = "default"):
             f"only {len(repeat)} repeat buyers with spend: the Gamma-Gamma spend model needs "
             f"at least {MIN_REPEAT_BUYERS}"
         )
+    return repeat
+
+
+def fit_spend_model(rfm: pd.DataFrame, priors: str = "default"):
+    """Fit Gamma-Gamma on repeat buyers with a positive mean repeat spend."""
+    from pymc_marketing.clv import GammaGammaModel
+
+    repeat = _spend_fit_rows(rfm)
     model = GammaGammaModel(model_config=_model_config(SPEND_PARAMETERS, priors))
     model.fit(repeat, method="map", progressbar=False)
     return model
@@ -135,6 +141,7 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         Too little data, or a fit that fails or gives non-finite parameters.
     """
     name = settings.transaction_model
+    _spend_fit_rows(rfm)  # fail in milliseconds, not after a transaction fit, when too small
     try:
         started = time.perf_counter()
         transaction = fit_transaction_model(rfm, name, settings.priors)
@@ -145,7 +152,9 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
     except ModelError:
         raise
     except Exception as exc:  # pymc raises many types; the message is what matters
-        raise ModelError(f"{name} fit failed: {type(exc).__name__}: {exc}") from exc
+        # pymc's messages can run to pages of starting values: the first line says what failed.
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelError(f"{name} fit failed: {type(exc).__name__}: {first_line}") from exc
     parameters = {
         name: _parameters(transaction, TRANSACTION_PARAMETERS[name]),
         "gamma_gamma": _parameters(spend, SPEND_PARAMETERS),
@@ -224,6 +233,10 @@ def score_customers(
                 time_unit=time_unit,
             )
         )
+    # pymc-marketing's closed forms can land a rounding error outside [0, 1] (Pareto/NBD
+    # gives 1 + 9e-16 when recency == T on CDNOW), which made churn negative and printed
+    # "-0.000000" in the CHURN column. Clipping moves values by that rounding error only.
+    patterns["p_alive"] = patterns["p_alive"].clip(0.0, 1.0)
     patterns["churn"] = 1.0 - patterns["p_alive"]
     scored = rfm[["customer_id", *keys]].merge(
         patterns.drop(columns="customer_id"), on=keys, how="left", sort=False

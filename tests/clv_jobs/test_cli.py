@@ -85,7 +85,8 @@ def test_missing_file_is_a_clear_error(tmp_path):
 
 def test_missing_column_is_named(tmp_path):
     path = tmp_path / "orders.csv"
-    pd.DataFrame({"order_id": ["1"], "customer_id": ["c1"], "order_ts": ["2025-01-01 10:00:00"]}).to_csv(path, index=False)
+    orders = pd.DataFrame({"order_id": ["1"], "customer_id": ["c1"], "order_ts": ["2025-01-01 10:00:00"]})
+    orders.to_csv(path, index=False)
     result = clv("run", "--transactions", str(path), "--account", "a", "--as-of", "2025-06-01",
                  "--out", str(tmp_path / "out"))
     assert_clean_failure(result, 3, "required column(s) amount missing", "orders.csv")

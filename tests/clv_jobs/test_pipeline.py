@@ -40,7 +40,8 @@ def project_dir(tmp_path_factory) -> Path:
     samples[0].transactions.drop(columns="account_id").to_csv(root / "shop.csv", index=False)
     config = root / "config"
     (config / "accounts").mkdir(parents=True)
-    (config / "clv.yaml").write_text(yaml.safe_dump({"store": "../store", "source": {"type": "duckdb", "path": "../warehouse.duckdb"}}))
+    project_settings = {"store": "../store", "source": {"type": "duckdb", "path": "../warehouse.duckdb"}}
+    (config / "clv.yaml").write_text(yaml.safe_dump(project_settings))
     _write_account(config, "shop", timezone="Europe/Madrid")
     _write_account(config, "young")
     _write_account(config, "strict", quarantine_limit=0.001,

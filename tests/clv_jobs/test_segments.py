@@ -243,7 +243,7 @@ def test_scores_are_quintiles_on_continuous_ltv():
     shares = np.bincount(scores, minlength=6)[1:] / ltv.size
     np.testing.assert_allclose(shares, 0.2, atol=0.002)
     # "5" is the top 20 %: every "5" beats every "4", and so on.
-    for low, high in zip(range(1, 5), range(2, 6)):
+    for low, high in zip(range(1, 5), range(2, 6), strict=False):
         assert ltv[scores == low].max() <= ltv[scores == high].min()
     assert scores[np.argmax(ltv)] == 5
     assert scores[np.argmin(ltv)] == 1
