@@ -246,3 +246,33 @@ def score_customers(
     if not np.isfinite(result[columns[1:]].to_numpy()).all():
         raise ModelError(f"{models.transaction_model} gave non-finite scores")
     return result
+
+
+def _with_posterior(model_class, point: dict[str, float]):
+    """A pymc-marketing model whose posterior is the single point ``point`` (as after a MAP fit)."""
+    import xarray as xr
+
+    model = model_class()
+    # The predictive methods read the model's coordinates: any valid frame builds them.
+    placeholder = pd.DataFrame({"customer_id": [0], "frequency": [1], "recency": [1.0], "T": [2.0],
+                                "monetary_value": [1.0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model.build_model(placeholder)
+    posterior = xr.Dataset({name: xr.DataArray(np.array([[value]]), dims=("chain", "draw"))
+                            for name, value in point.items()})
+    model.idata = xr.DataTree.from_dict({"posterior": posterior})
+    return model
+
+
+def models_from_parameters(transaction_model: str, parameters: dict[str, dict[str, float]]) -> FittedModels:
+    """Rebuild fitted models from stored parameters (``model.json``), to score without refitting.
+
+    Scoring a run in another process (an Airflow task, a rescore between refits) then gives
+    exactly the scores of the process that fitted.
+    """
+    from pymc_marketing.clv import GammaGammaModel
+
+    transaction = _with_posterior(_model_class(transaction_model), parameters[transaction_model])
+    spend = _with_posterior(GammaGammaModel, parameters["gamma_gamma"])
+    return FittedModels(transaction_model, transaction, spend, parameters, {})

@@ -31,7 +31,7 @@ from clv_jobs.datamodel import write_datamodel
 from clv_jobs.eligibility import EligibilityResult, evaluate, history_stats
 from clv_jobs.errors import InputError, NotEligibleError
 from clv_jobs.features import build_features, rfm_frame
-from clv_jobs.model import FittedModels, fit_models, score_customers
+from clv_jobs.model import FittedModels, fit_models, models_from_parameters, score_customers
 from clv_jobs.settings import AccountSettings, Project
 from clv_jobs.sources import connect, load_account, prepare_contacts
 from clv_jobs.store import Store
@@ -180,14 +180,24 @@ def _previous_segments(store: Store, account_id: str, previous: dict | None) -> 
     return frame.set_index("customer_id")["segment_id"]
 
 
-def refit(
+# -- the refit, in stages ---------------------------------------------------------------
+# Each stage reads what the previous one wrote into the run's folder in the store and
+# returns a small dict (``run``) naming it, so Airflow can retry one stage alone and run
+# stages on different workers. Bulky intermediates live in ``<run>/work/``, removed on
+# publication. Nothing is current before :func:`publish` moves the pointers.
+
+def _run_file(store: Store, run: dict, name: str) -> str:
+    return store.run_path(run["account"], dt.date.fromisoformat(run["as_of"]), run["run_id"], name)
+
+
+def validate(
     project: Project,
     account_id: str,
     as_of: dt.date,
     force: bool = False,
     read_at: dt.datetime | None = None,
 ) -> dict:
-    """Refit the account's models and rescore every buyer; publish the run to the store.
+    """Stage 1: read, validate and check eligibility; keep the clean orders for the next stages.
 
     Parameters
     ----------
@@ -196,7 +206,7 @@ def refit(
     as_of : date
         The run sees everything before this date (account time zone).
     force : bool
-        Refit even when the account is not eligible (for example a backfill before
+        Go on even when the account is not eligible (for example a backfill before
         activation); otherwise a NotEligibleError says what is missing.
     read_at : datetime, optional
         When the data was read (naive UTC); defaults to now.
@@ -204,7 +214,7 @@ def refit(
     Returns
     -------
     dict
-        The run summary (also stored as ``summary.json``).
+        ``account, as_of, run_id, previous_run, rows_clean, rows_quarantined``.
     """
     account = project.account(account_id)
     store = Store(project.store_uri)
@@ -218,72 +228,172 @@ def refit(
             )
         require_rows(data.validation)
         prepare_contacts(con)
-        with _step(account_id, "features"):
-            features = build_features(con, as_of, account.timezone, account.history_window_months,
-                                      account.model.time_unit)
-        if features.empty:
-            raise InputError(f"account {account_id}: no buyer in the {account.history_window_months}"
-                             f"-month history window before {as_of}")
-        with _step(account_id, f"fit {account.model.transaction_model} + gamma_gamma on {len(features)} buyers"):
-            fit_started = time.perf_counter()
-            models = fit_models(rfm_frame(features), account.model)
-            fit_seconds = time.perf_counter() - fit_started
         previous = store.previous_run(account_id, as_of)
-        with _step(account_id, "score and segment"):
-            scores = score_account(features, models, account, _previous_segments(store, account_id, previous))
         fingerprint = _fingerprint(con, account, previous)
-        run_id = f"{as_of:%Y%m%d}-{fingerprint[:12]}"
-        file_name = account.datamodel_file_name(as_of)
-        with tempfile.TemporaryDirectory(prefix="clv-") as workdir, _step(account_id, "write and publish"):
-            local_file = Path(workdir) / file_name
-            datamodel = None
-            if account.datamodel.enabled:
-                datamodel = write_datamodel(
-                    con, scores, local_file, account.timezone, account.labels_locale,
-                    account.datamodel.extra_columns, account.datamodel.gzip,
-                ) | {"file": file_name}
-                store.upload(str(local_file), store.run_path(account_id, as_of, run_id, file_name))
-            summary = {
-                "account": account_id,
-                "as_of": as_of.isoformat(),
-                "run_id": run_id,
-                "status": "published",
-                "model": models.transaction_model,
-                "model_version": f"{models.transaction_model}@{run_id}",
-                "buyers": int(len(scores)),
-                "fit_seconds": round(fit_seconds, 2),
-                "segments": {str(k): int(v) for k, v in sorted(scores["segment_id"].value_counts().items())},
-                "scores": {str(k): int(v) for k, v in sorted(scores["score_id"].value_counts().items())},
-                "control_group": int((scores["control_group"] == "CONTROL").sum()),
-                "evolution": {str(k): int(v) for k, v in sorted(scores["evolution"].value_counts().items())},
-                "total_clv": round(float(scores["clv"].sum()), 2),
-                "previous_run": previous["run_id"] if previous else None,
-                "fingerprint": fingerprint,
-                "eligibility": data.eligibility.as_dict(),
-                "validation": data.validation.as_dict(),
-                "datamodel": datamodel,
-                "clv_jobs_version": clv_jobs.__version__,
-            }
-            run = lambda name: store.run_path(account_id, as_of, run_id, name)  # noqa: E731
-            store.write_parquet(run("scores.parquet"), scores)
-            store.write_parquet(run("quarantine.parquet"), quarantined_rows(con))
-            store.write_json(run("model.json"), {
-                "model": models.transaction_model,
-                "parameters": models.parameters,
-                "diagnostics": models.diagnostics,
-                "settings": account.model.model_dump(mode="json"),
-                "fingerprint": fingerprint,
-            })
-            store.write_json(run("summary.json"), summary)
-            store.publish_run(account_id, as_of, {
-                "as_of": as_of.isoformat(), "run_id": run_id, "datamodel": datamodel,
-                "model_version": summary["model_version"],
-            })
-        if store.activation(account_id) is None and data.eligibility.eligible:
-            store.activate(account_id, as_of)
-        return summary
+        run = {"account": account_id, "as_of": as_of.isoformat(), "run_id": f"{as_of:%Y%m%d}-{fingerprint[:12]}",
+               "previous_run": previous["run_id"] if previous else None}
+        with _step(account_id, "keep clean orders"):
+            store.write_parquet(_run_file(store, run, "work/transactions.parquet"),
+                                con.execute("SELECT * FROM transactions").df())
+            store.write_parquet(_run_file(store, run, "work/contacts.parquet"),
+                                con.execute("SELECT * FROM contacts").df())
+            store.write_parquet(_run_file(store, run, "quarantine.parquet"), quarantined_rows(con))
+        store.write_json(_run_file(store, run, "validation.json"), {
+            "fingerprint": fingerprint,
+            "previous_run": previous,
+            "eligibility": data.eligibility.as_dict(),
+            "validation": data.validation.as_dict(),
+        })
+        return run | {"rows_clean": data.validation.rows_clean,
+                      "rows_quarantined": data.validation.rows_quarantined}
     finally:
         con.close()
+
+
+def features(project: Project, run: dict) -> dict:
+    """Stage 2: per-customer features of the history window (``work/features.parquet``)."""
+    account = project.account(run["account"])
+    store = Store(project.store_uri)
+    con = connect()
+    try:
+        con.register("transactions", store.read_parquet(_run_file(store, run, "work/transactions.parquet")))
+        with _step(account.account_id, "features"):
+            frame = build_features(con, dt.date.fromisoformat(run["as_of"]), account.timezone,
+                                   account.history_window_months, account.model.time_unit)
+    finally:
+        con.close()
+    if frame.empty:
+        raise InputError(f"account {account.account_id}: no buyer in the {account.history_window_months}"
+                         f"-month history window before {run['as_of']}")
+    store.write_parquet(_run_file(store, run, "work/features.parquet"), frame)
+    return run | {"buyers": int(len(frame))}
+
+
+def fit(project: Project, run: dict) -> dict:
+    """Stage 3: fit the transaction and spend models; parameters and diagnostics to ``model.json``."""
+    account = project.account(run["account"])
+    store = Store(project.store_uri)
+    rfm = rfm_frame(store.read_parquet(_run_file(store, run, "work/features.parquet")))
+    name = account.model.transaction_model
+    with _step(account.account_id, f"fit {name} + gamma_gamma on {len(rfm)} buyers"):
+        started = time.perf_counter()
+        models = fit_models(rfm, account.model)
+        seconds = time.perf_counter() - started
+    fingerprint = store.read_json(_run_file(store, run, "validation.json"))["fingerprint"]
+    store.write_json(_run_file(store, run, "model.json"), {
+        "model": name,
+        "parameters": models.parameters,
+        "diagnostics": models.diagnostics | {"fit_seconds": round(seconds, 2)},
+        "settings": account.model.model_dump(mode="json"),
+        "fingerprint": fingerprint,
+    })
+    return run | {"model": name, "fit_seconds": round(seconds, 2)}
+
+
+def score(project: Project, run: dict) -> dict:
+    """Stage 4: score, segment and group every buyer with the stored model (``scores.parquet``)."""
+    account = project.account(run["account"])
+    store = Store(project.store_uri)
+    stored = store.read_json(_run_file(store, run, "model.json"))
+    models = models_from_parameters(stored["model"], stored["parameters"])
+    previous = store.read_json(_run_file(store, run, "validation.json"))["previous_run"]
+    with _step(account.account_id, "score and segment"):
+        table = score_account(store.read_parquet(_run_file(store, run, "work/features.parquet")), models,
+                              account, _previous_segments(store, account.account_id, previous))
+    store.write_parquet(_run_file(store, run, "scores.parquet"), table)
+    return run
+
+
+def datamodel(project: Project, run: dict) -> dict:
+    """Stage 5: write the Datamodel CSV into the run (skipped when the account disables it)."""
+    account = project.account(run["account"])
+    if not account.datamodel.enabled:
+        return run | {"datamodel": None}
+    store = Store(project.store_uri)
+    as_of = dt.date.fromisoformat(run["as_of"])
+    file_name = account.datamodel_file_name(as_of)
+    con = connect()
+    try:
+        con.register("contacts", store.read_parquet(_run_file(store, run, "work/contacts.parquet")))
+        with tempfile.TemporaryDirectory(prefix="clv-") as workdir, _step(account.account_id, "Datamodel"):
+            local_file = Path(workdir) / file_name
+            written = write_datamodel(
+                con, store.read_parquet(_run_file(store, run, "scores.parquet")), local_file, account.timezone,
+                account.labels_locale, account.datamodel.extra_columns, account.datamodel.gzip,
+            )
+            store.upload(str(local_file), _run_file(store, run, file_name))
+    finally:
+        con.close()
+    return run | {"datamodel": written | {"file": file_name}}
+
+
+def publish(project: Project, run: dict) -> dict:
+    """Stage 6: write the run summary and make the run current (one step); drop ``work/``.
+
+    Returns
+    -------
+    dict
+        The run summary (also stored as ``summary.json``).
+    """
+    account_id = run["account"]
+    store = Store(project.store_uri)
+    as_of = dt.date.fromisoformat(run["as_of"])
+    checks = store.read_json(_run_file(store, run, "validation.json"))
+    stored = store.read_json(_run_file(store, run, "model.json"))
+    table = store.read_parquet(_run_file(store, run, "scores.parquet"),
+                               columns=["segment_id", "score_id", "control_group", "evolution", "clv"])
+
+    def counts(column: str) -> dict[str, int]:
+        return {str(k): int(v) for k, v in sorted(table[column].value_counts().items())}
+
+    model_version = f"{stored['model']}@{run['run_id']}"
+    summary = {
+        "account": account_id,
+        "as_of": run["as_of"],
+        "run_id": run["run_id"],
+        "status": "published",
+        "model": stored["model"],
+        "model_version": model_version,
+        "buyers": int(len(table)),
+        "fit_seconds": stored["diagnostics"]["fit_seconds"],
+        "segments": counts("segment_id"),
+        "scores": counts("score_id"),
+        "control_group": int((table["control_group"] == "CONTROL").sum()),
+        "evolution": counts("evolution"),
+        "total_clv": round(float(table["clv"].sum()), 2),
+        "previous_run": checks["previous_run"]["run_id"] if checks["previous_run"] else None,
+        "fingerprint": checks["fingerprint"],
+        "eligibility": checks["eligibility"],
+        "validation": checks["validation"],
+        "datamodel": run.get("datamodel"),
+        "clv_jobs_version": clv_jobs.__version__,
+    }
+    store.write_json(_run_file(store, run, "summary.json"), summary)
+    store.publish_run(account_id, as_of, {"as_of": run["as_of"], "run_id": run["run_id"],
+                                          "datamodel": summary["datamodel"], "model_version": model_version})
+    store.remove(_run_file(store, run, "work"))
+    if store.activation(account_id) is None and checks["eligibility"]["eligible"]:
+        store.activate(account_id, as_of)
+    return summary
+
+
+def refit(
+    project: Project,
+    account_id: str,
+    as_of: dt.date,
+    force: bool = False,
+    read_at: dt.datetime | None = None,
+) -> dict:
+    """Refit the account's models and rescore every buyer; publish the run to the store.
+
+    The stages :func:`validate` → :func:`features` → :func:`fit` → :func:`score` →
+    :func:`datamodel` → :func:`publish` in one process (the Airflow DAG runs them as tasks).
+    Arguments as for :func:`validate`; returns the run summary.
+    """
+    run = validate(project, account_id, as_of, force=force, read_at=read_at)
+    for stage in (features, fit, score, datamodel):
+        run = stage(project, run)
+    return publish(project, run)
 
 
 def export(project: Project, account_id: str, as_of: dt.date | None = None) -> dict:

@@ -246,6 +246,20 @@ def cdnow_scores(cdnow_fit, cdnow_rfm):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("name", TRANSACTION_MODELS)
+def test_models_rebuilt_from_stored_parameters_score_identically(cdnow_fit, cdnow_rfm, cdnow_scores, name):
+    """An Airflow task scoring from model.json gives the fitting process's scores exactly."""
+    import json
+
+    from clv_jobs.model import models_from_parameters, score_customers
+
+    stored = json.loads(json.dumps(cdnow_fit(name).parameters))  # through JSON, as the store keeps them
+    rebuilt = score_customers(models_from_parameters(name, stored), cdnow_rfm, horizon_months=12,
+                              discount_rate=0.01, time_unit="W")
+    pd.testing.assert_frame_equal(rebuilt, cdnow_scores(name, 0.01), check_exact=True)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("discount_rate", [0.0, 0.01], ids=["undiscounted", "discount_1pct"])
 @pytest.mark.parametrize("name", TRANSACTION_MODELS)
 def test_scores_match_pymc_marketing_predictive_methods(
