@@ -119,6 +119,11 @@ class Store:
         pafs.copy_files(path, local_path, source_filesystem=self.fs,
                         destination_filesystem=pafs.LocalFileSystem())
 
+    def remove(self, path: str) -> None:
+        """Delete a folder (every object under a prefix on S3); nothing if it does not exist."""
+        if self.exists(path):
+            self.fs.delete_dir(path)
+
     def list_dirs(self, path: str) -> list[str]:
         """Names of the folders directly under ``path`` (empty if it does not exist)."""
         selector = pafs.FileSelector(path, allow_not_found=True)
