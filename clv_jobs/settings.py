@@ -154,7 +154,26 @@ class FilesSource(_Strict):
     contacts: str | None = None
 
 
-Source = Annotated[DuckDBSource | FilesSource, Field(discriminator="type")]
+#: Airflow's own rule for connection ids (letters, digits, ``_``, ``.``, ``-``).
+CONN_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,250}$"
+
+
+class PostgresSource(_Strict):
+    """A PostgreSQL warehouse reached through an Airflow connection, queries in ``sql/``.
+
+    ``conn_id`` names the connection, never its credentials: at run time it is looked up
+    as ``$AIRFLOW_CONN_<CONN_ID>`` (Airflow's URI or JSON form), then ``$CLV_CONN_<CONN_ID>``
+    (see :func:`clv_jobs.sources.resolve_connection`). A query is an absolute path, a path
+    relative to the config folder, or else a file of the repository's ``sql/`` folder.
+    """
+
+    type: Literal["postgres"]
+    conn_id: Annotated[str, Field(pattern=CONN_ID_PATTERN)]
+    transactions_query: Annotated[str, Field(min_length=1)] = "transactions.sql"
+    contacts_query: Annotated[str, Field(min_length=1)] = "contacts.sql"
+
+
+Source = Annotated[DuckDBSource | FilesSource | PostgresSource, Field(discriminator="type")]
 
 
 class AccountSettings(_Strict):
@@ -265,17 +284,36 @@ class Project:
                 f"(configured: {known})"
             ) from None
 
-    def source_for(self, account: AccountSettings) -> DuckDBSource | FilesSource:
-        """The account's source with its paths resolved."""
+    def source_for(self, account: AccountSettings) -> DuckDBSource | FilesSource | PostgresSource:
+        """The account's source with its paths resolved.
+
+        A PostgreSQL query given as a relative path is taken from the config folder when
+        the file is there, else left relative: it names a file of the repository's ``sql/``.
+        """
         source = account.source or self.settings.source
         if isinstance(source, DuckDBSource):
             return source.model_copy(update={"path": self.resolve(source.path)})
+        if isinstance(source, PostgresSource):
+            return source.model_copy(
+                update={
+                    name: self._resolve_query(getattr(source, name))
+                    for name in ("transactions_query", "contacts_query")
+                }
+            )
         return source.model_copy(
             update={
                 "transactions": self.resolve(source.transactions),
                 "contacts": self.resolve(source.contacts) if source.contacts else None,
             }
         )
+
+    def _resolve_query(self, query: str) -> str:
+        """A query path: absolute as given, else the config folder's file if there is one."""
+        path = Path(os.path.expanduser(query))
+        if path.is_absolute():
+            return str(path)
+        in_config = self.config_dir / path
+        return str(in_config.resolve()) if in_config.is_file() else query
 
 
 def _describe(error: ValidationError) -> str:
@@ -285,7 +323,7 @@ def _describe(error: ValidationError) -> str:
         where = ".".join(str(part) for part in problem["loc"]) or "(top level)"
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "union_tag_not_found":
-            message = "needs a 'type' key (source: duckdb or files; destination: local)"
+            message = "needs a 'type' key (source: duckdb, files or postgres; destination: local)"
         elif problem["type"] == "extra_forbidden":
             message = "unknown setting (check the spelling; see README 'Settings reference')"
         got = problem.get("input")

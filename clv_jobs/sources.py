@@ -10,18 +10,41 @@ dominates at ten million buyers. Each job opens its own in-memory session
     the account's rows as found, plus ``source_row`` (1-based position in the source).
 ``raw_contacts``
     the account's contacts as found.
+
+Three sources fill them the same way: the embedded DuckDB warehouse, a user's files, and
+a PostgreSQL warehouse reached through an Airflow connection (:class:`PostgresSource`),
+whose queries (``sql/transactions.sql``, ``sql/contacts.sql``) are streamed with
+``COPY … TO STDOUT`` into a temporary CSV file and read as text, like the files source.
 """
 
 from __future__ import annotations
 
 import glob
+import json
+import logging
 import os
+import re
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 
-from clv_jobs.errors import InputError
-from clv_jobs.settings import DuckDBSource, FilesSource
+from clv_jobs.errors import ConfigError, InputError
+from clv_jobs.settings import DuckDBSource, FilesSource, PostgresSource
+
+log = logging.getLogger(__name__)
+
+#: The repository's SQL folder: default home of the PostgreSQL source's queries.
+SQL_DIR = Path(__file__).parents[1] / "sql"
+
+#: Where a connection id is looked up, in this order (``<CONN_ID>`` upper-cased).
+CONNECTION_ENV_PREFIXES = ("AIRFLOW_CONN_", "CLV_CONN_")
+
+#: The bind parameter every PostgreSQL query must use for the account id.
+ACCOUNT_PARAMETER = "%(account_id)s"
 
 TRANSACTION_COLUMNS = ("order_id", "customer_id", "order_ts", "amount")
 OPTIONAL_TRANSACTION_COLUMNS = ("status", "currency", "ingested_at")
@@ -85,12 +108,16 @@ def _load(
     account_id: str,
     required: tuple[str, ...],
     optional: tuple[str, ...],
+    filter_account: bool = True,
 ) -> int:
     available = _columns(con, relation_sql)
     select = _select_list(available, required, optional, where)
-    # A file without account_id holds one account's rows; a shared table is filtered.
+    # A file without account_id holds one account's rows; a shared table is filtered
+    # (a PostgreSQL query filters on the server: filter_account=False).
     account_filter = (
-        f"WHERE CAST(account_id AS VARCHAR) = {_quote(account_id)}" if "account_id" in available else ""
+        f"WHERE CAST(account_id AS VARCHAR) = {_quote(account_id)}"
+        if filter_account and "account_id" in available
+        else ""
     )
     con.execute(
         f"""
@@ -106,8 +133,9 @@ def _load(
 
 def load_account(
     con: duckdb.DuckDBPyConnection,
-    source: DuckDBSource | FilesSource,
+    source: DuckDBSource | FilesSource | PostgresSource,
     account_id: str,
+    resolve_connection: Callable[[str], str | None] | None = None,
 ) -> dict[str, int | str]:
     """Load one account's raw rows into ``raw_transactions`` and ``raw_contacts``.
 
@@ -115,10 +143,13 @@ def load_account(
     ----------
     con : duckdb.DuckDBPyConnection
         The job's session (see :func:`connect`).
-    source : DuckDBSource or FilesSource
+    source : DuckDBSource, FilesSource or PostgresSource
         Where the rows are; paths already resolved.
     account_id : str
         Rows of other accounts in a shared table are ignored.
+    resolve_connection : callable, optional
+        PostgreSQL source only: ``conn_id -> URI`` (e.g. Airflow's connection lookup),
+        asked before the environment (see :func:`resolve_connection`).
 
     Returns
     -------
@@ -127,9 +158,13 @@ def load_account(
 
     Raises
     ------
+    ConfigError
+        PostgreSQL source: the connection is not found or not a PostgreSQL one.
     InputError
-        Missing file, table or required column.
+        Missing file, table or required column; PostgreSQL unreachable or a query failing.
     """
+    if isinstance(source, PostgresSource):
+        return _load_postgres(con, source, account_id, resolve_connection)
     if isinstance(source, DuckDBSource):
         if not Path(source.path).exists():
             raise InputError(
@@ -167,6 +202,258 @@ def load_account(
             n_contacts = 0
         name = source.transactions
     return {"source": name, "transactions": n_tx, "contacts": n_contacts}
+
+
+# --- PostgreSQL source ---------------------------------------------------------------
+
+
+def _psycopg():
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is in the lock
+        raise ConfigError("the postgres source needs the psycopg package (pip install 'psycopg[binary]')") from None
+    return psycopg
+
+
+_REDACTIONS = (
+    # scheme://user:secret@host
+    (re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*):[^@\s]*@"), r"\1:***@"),
+    # password=secret, password='se cret'
+    (re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE), r"\1***"),
+    # "password": "secret"
+    (re.compile(r'("password"\s*:\s*)("(?:[^"\\]|\\.)*"|[^,}\s]+)', re.IGNORECASE), r"\1***"),
+)
+
+
+def _redact(text: str, *secrets: str | None) -> str:
+    """``text`` without passwords: known ones, and anything shaped like a credential."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    for pattern, replacement in _REDACTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _libpq_keywords() -> frozenset[str]:
+    psycopg = _psycopg()
+    return frozenset(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())
+
+
+def _libpq_extras(extra: object, conn_id: str, where: str) -> dict[str, str]:
+    """The libpq parameters among an Airflow connection's extras (sslmode, options, …).
+
+    Airflow-only extras (``cursor``, ``iam``, …) are not libpq's and are left out.
+    """
+    if extra in (None, ""):
+        return {}
+    if isinstance(extra, str):
+        try:
+            extra = json.loads(extra)
+        except ValueError:
+            raise ConfigError(f"connection {conn_id!r} ({where}): 'extra' is not a JSON object") from None
+    if not isinstance(extra, dict):
+        raise ConfigError(f"connection {conn_id!r} ({where}): 'extra' is not a JSON object")
+    keywords = _libpq_keywords()
+    return {key: str(value) for key, value in extra.items() if key in keywords and value is not None}
+
+
+def _conninfo(conn_id: str, value: str, where: str) -> str:
+    """A libpq connection string from Airflow's URI or JSON form, or a libpq string."""
+    psycopg = _psycopg()
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            fields = json.loads(text)
+        except ValueError:
+            raise ConfigError(f"connection {conn_id!r} ({where}) is not valid JSON") from None
+        if not isinstance(fields, dict):
+            raise ConfigError(f"connection {conn_id!r} ({where}) is not a JSON object")
+        conn_type = str(fields.get("conn_type") or "postgres").lower()
+        params = {
+            "host": fields.get("host"),
+            "port": fields.get("port"),
+            "user": fields.get("login"),
+            "password": fields.get("password"),
+            "dbname": fields.get("schema"),
+        } | _libpq_extras(fields.get("extra"), conn_id, where)
+    elif "://" in text:
+        # Airflow's URI: components percent-encoded, extras as query parameters (or
+        # JSON in __extra__), scheme postgres:// or postgresql://.
+        parts = urllib.parse.urlsplit(text)
+        conn_type = parts.scheme.lower().replace("-", "_")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ConfigError(f"connection {conn_id!r} ({where}): the URI has an invalid port") from None
+        query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+        extra = query.get("__extra__", query)
+        unquote = urllib.parse.unquote
+        # Not parts.hostname: it lower-cases, and a socket folder (%2Fvar%2Frun…) is a path.
+        host = parts.netloc.rpartition("@")[2]
+        host = host[1:host.find("]")] if host.startswith("[") else host.partition(":")[0]
+        params = {
+            "host": unquote(host) or None,
+            "port": port,
+            "user": unquote(parts.username) if parts.username else None,
+            "password": unquote(parts.password) if parts.password is not None else None,
+            "dbname": unquote(parts.path[1:]) if parts.path[1:] else None,
+        } | _libpq_extras(extra, conn_id, where)
+    else:
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(text)
+        except psycopg.Error:
+            # libpq's message may quote the string, password included: not shown.
+            raise ConfigError(
+                f"connection {conn_id!r} ({where}) is neither an Airflow connection URI "
+                "(postgresql://user:password@host:port/database), its JSON form, "
+                "nor a libpq connection string"
+            ) from None
+        conn_type = "postgres"
+    if conn_type not in ("postgres", "postgresql"):
+        raise ConfigError(
+            f"connection {conn_id!r} ({where}) is of type {conn_type!r}, not a PostgreSQL connection"
+        )
+    params = {key: str(value) for key, value in params.items() if value not in (None, "")}
+    return psycopg.conninfo.make_conninfo("", **params)
+
+
+def resolve_connection(conn_id: str, resolver: Callable[[str], str | None] | None = None) -> str:
+    """The libpq connection string of an Airflow connection id, without Airflow.
+
+    Looked up, in order: ``resolver(conn_id)`` when given (in an Airflow task, e.g.
+    ``lambda c: BaseHook.get_connection(c).get_uri()``; ``None`` means "not known
+    here"), ``$AIRFLOW_CONN_<CONN_ID>`` (Airflow's convention: a URI such as
+    ``postgresql://user:password@host:5432/database`` or the JSON form with ``conn_type,
+    host, login, password, port, schema, extra``), then ``$CLV_CONN_<CONN_ID>`` (the same
+    forms, or a libpq ``key=value`` string). ``<CONN_ID>`` is the id upper-cased. libpq
+    parameters among the extras (``sslmode``, ``options``, …) are kept.
+
+    Raises
+    ------
+    ConfigError
+        Not found (naming where it was looked for), not parseable, or not PostgreSQL.
+        Messages never contain the password or the connection string.
+    """
+    looked = []
+    if resolver is not None:
+        looked.append("the resolver")
+        try:
+            value = resolver(conn_id)
+        except Exception as exc:  # the resolver is the caller's (e.g. Airflow's lookup)
+            raise ConfigError(
+                f"connection {conn_id!r}: the resolver failed ({type(exc).__name__}: {_redact(str(exc))})"
+            ) from None
+        if value:
+            return _conninfo(conn_id, str(value), "from the resolver")
+    for prefix in CONNECTION_ENV_PREFIXES:
+        name = prefix + conn_id.upper()
+        looked.append(f"${name}")
+        value = os.environ.get(name, "")
+        if value.strip():
+            return _conninfo(conn_id, value, f"${name}")
+    raise ConfigError(
+        f"connection {conn_id!r} not found (looked in {', '.join(looked)}): define it in Airflow or set "
+        f"${CONNECTION_ENV_PREFIXES[0]}{conn_id.upper()} to its URI, e.g. "
+        "postgresql://user:password@host:5432/database"
+    )
+
+
+def _query(source: PostgresSource, setting: str, account_id: str) -> tuple[Path, str]:
+    """A query file's path and text (account parameter checked, trailing ``;`` removed)."""
+    name = getattr(source, setting)
+    path = Path(os.path.expanduser(name))
+    path = path if path.is_absolute() else SQL_DIR / path
+    where = f"account {account_id}: connection {source.conn_id!r}, query file {path}"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"{where} not found ({setting} in the source settings)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{where} cannot be read ({type(exc).__name__}: {exc})") from None
+    text = text.strip().rstrip(";").rstrip()
+    if ACCOUNT_PARAMETER not in text:
+        raise InputError(
+            f"{where} does not filter by account: it must use the bind parameter {ACCOUNT_PARAMETER} "
+            "(e.g. WHERE account_id = %(account_id)s)"
+        )
+    return path, text
+
+
+def _csv_reader(path: Path) -> str:
+    # Everything as text, as the files source: bad values reach validation. PostgreSQL's
+    # CSV writes NULL unquoted and '' quoted: keep them apart (allow_quoted_nulls).
+    return (
+        f"read_csv({_quote(str(path))}, all_varchar = true, header = true, delim = ',', "
+        "quote = '\"', escape = '\"', allow_quoted_nulls = false, encoding = 'utf-8')"
+    )
+
+
+def _load_postgres(
+    con: duckdb.DuckDBPyConnection,
+    source: PostgresSource,
+    account_id: str,
+    resolver: Callable[[str], str | None] | None,
+) -> dict[str, int | str]:
+    """Stream both queries with COPY into temporary CSV files, then into DuckDB."""
+    psycopg = _psycopg()
+    conn_id = source.conn_id
+    queries = {
+        "raw_transactions": (*_query(source, "transactions_query", account_id),
+                             TRANSACTION_COLUMNS, OPTIONAL_TRANSACTION_COLUMNS),
+        "raw_contacts": (*_query(source, "contacts_query", account_id),
+                         CONTACT_COLUMNS, OPTIONAL_CONTACT_COLUMNS),
+    }
+    dsn = resolve_connection(conn_id, resolver)
+    params = psycopg.conninfo.conninfo_to_dict(dsn)
+    password = params.get("password")
+    overrides: dict[str, object] = {"autocommit": True, "client_encoding": "utf8"}
+    if "connect_timeout" not in params:
+        overrides["connect_timeout"] = 30
+    if "application_name" not in params:
+        overrides["application_name"] = "clv_jobs"
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory(prefix="clv-postgres-") as folder:
+        try:
+            conn = psycopg.connect(dsn, **overrides)
+        except psycopg.Error as exc:
+            raise InputError(
+                f"account {account_id}: cannot connect to PostgreSQL connection {conn_id!r}: "
+                f"{_redact(str(exc).strip(), password)}"
+            ) from None
+        with conn:
+            # Text the DuckDB side parses the same way whatever the server's defaults.
+            for setting in ("TimeZone TO 'UTC'", "DateStyle TO 'ISO, YMD'", "extra_float_digits TO 3"):
+                conn.execute(f"SET {setting}")
+            # One snapshot for both tables, and a query file cannot write.
+            conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+            with conn.transaction():
+                for table, (path, query, _, _) in queries.items():
+                    csv_path = Path(folder) / f"{table}.csv"
+                    started = time.perf_counter()
+                    try:
+                        bound = psycopg.ClientCursor(conn).mogrify(query, {"account_id": account_id})
+                        with conn.cursor() as cursor, open(csv_path, "wb", buffering=1 << 20) as out:
+                            with cursor.copy(f"COPY (\n{bound}\n) TO STDOUT (FORMAT csv, HEADER true)") as copy:
+                                write = out.write
+                                for chunk in copy:
+                                    write(chunk)
+                    except psycopg.Error as exc:
+                        diag = getattr(exc, "diag", None)
+                        message = (diag.message_primary if diag else None) or str(exc).strip().splitlines()[0]
+                        raise InputError(
+                            f"account {account_id}: connection {conn_id!r}, query file {path}: "
+                            f"{_redact(message, password)}"
+                        ) from None
+                    log.info("%s: %s read from connection %s (%s) in %.1f s, %.1f MB", account_id, table,
+                             conn_id, path.name, time.perf_counter() - started, csv_path.stat().st_size / 1e6)
+        for table, (path, _, required, optional) in queries.items():
+            counts[table] = _load(con, table, _csv_reader(Path(folder) / f"{table}.csv"),
+                                  f"connection {conn_id!r} query {path}", account_id,
+                                  required, optional, filter_account=False)
+    name = f"connection {conn_id} ({queries['raw_transactions'][0]})"
+    return {"source": name, "transactions": counts["raw_transactions"], "contacts": counts["raw_contacts"]}
 
 
 def prepare_contacts(con: duckdb.DuckDBPyConnection) -> None:

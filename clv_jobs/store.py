@@ -14,6 +14,10 @@ Layout under the store root::
 A run is written aside in its own folder, then published by replacing the small pointer
 files, each in one step (a rename on a local disk, a single PUT on S3). A job killed
 halfway leaves the previous pointers, so nothing half-written is ever current.
+
+On ``s3://bucket/prefix`` (AWS or any S3-compatible endpoint) the bucket must already
+exist; folders are only key prefixes, so nothing creates or needs folder objects.
+Connection settings come from the environment only (see :func:`s3_filesystem`).
 """
 
 from __future__ import annotations
@@ -22,15 +26,72 @@ import datetime as dt
 import io
 import json
 import os
+import urllib.parse
 import uuid
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from clv_jobs.errors import ConfigError
 
 
 def _dumps(payload: dict) -> bytes:
     return (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def s3_filesystem(bucket: str) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem configured from the environment only.
+
+    ``AWS_ACCESS_KEY_ID`` and ``AWS_SECRET_ACCESS_KEY`` (optionally ``AWS_SESSION_TOKEN``)
+    are required; the region is ``AWS_REGION``, else ``AWS_DEFAULT_REGION``, else
+    ``us-east-1`` on a custom endpoint or the bucket's own region on AWS; an S3-compatible
+    endpoint (MinIO, Ceph, moto…) is ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``,
+    e.g. ``http://minio:9000``. Credentials and endpoint never come from ``~/.aws`` files
+    (passed explicitly, they override the SDK's own lookup), and nothing here is logged.
+
+    Parameters
+    ----------
+    bucket : str
+        The store's bucket (used to find its region on AWS when none is set).
+
+    Raises
+    ------
+    ConfigError
+        When the credentials are missing from the environment, or the region cannot be found.
+    """
+    env = os.environ
+    missing = [name for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not env.get(name)]
+    if missing:
+        raise ConfigError(f"store s3://{bucket}: set {' and '.join(missing)} in the environment "
+                          "(credentials are never read from config files)")
+    options: dict = {}
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        # pyarrow's S3FileSystem() ignores these variables (only FileSystem.from_uri reads
+        # them), so pass the endpoint explicitly, split into scheme and host[:port].
+        url = urllib.parse.urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+        options |= {"scheme": url.scheme, "endpoint_override": url.netloc + url.path.rstrip("/")}
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if not region and endpoint:
+        region = "us-east-1"  # what S3-compatible servers expect when they ignore regions
+    elif not region:
+        try:
+            region = pafs.resolve_s3_region(bucket)  # on AWS, a wrong region fails every request
+        except OSError as exc:
+            raise ConfigError(f"store bucket {bucket!r}: cannot find its region ({exc}); "
+                              "set AWS_REGION") from None
+    return pafs.S3FileSystem(
+        access_key=env["AWS_ACCESS_KEY_ID"],
+        secret_key=env["AWS_SECRET_ACCESS_KEY"],
+        session_token=env.get("AWS_SESSION_TOKEN") or None,
+        region=region,
+        # Open lazily: an object smaller than one part (10 MiB) is then one PutObject
+        # instead of a three-request multipart upload that a killed job would leave behind.
+        allow_delayed_open=True,
+        **options,
+    )
 
 
 class Store:
@@ -39,18 +100,42 @@ class Store:
     Parameters
     ----------
     uri : str
-        A local path, ``file:///…`` or ``s3://bucket/prefix`` (credentials and endpoint
-        from the environment, as boto and the AWS CLI read them).
+        A local path, ``file:///…`` or ``s3://bucket/prefix`` (credentials, region and
+        endpoint from the environment: :func:`s3_filesystem`).
+
+    Raises
+    ------
+    ConfigError
+        On S3: missing credentials, settings in the URI, or a bucket that does not exist
+        (or cannot be reached).
     """
 
     def __init__(self, uri: str):
         self.uri = uri
-        if "://" in uri:
+        if uri.startswith("s3://"):
+            url = urllib.parse.urlsplit(uri)
+            if url.query:
+                # from_uri would accept access keys here: keep secrets out of config files.
+                raise ConfigError(f"store {uri.split('?')[0]}: options in the URI are not supported; "
+                                  "set AWS_* environment variables instead")
+            self.fs, root = s3_filesystem(url.netloc), f"{url.netloc}{url.path}"
+            self._require_bucket(url.netloc)
+        elif "://" in uri:
             self.fs, root = pafs.FileSystem.from_uri(uri)
         else:
             self.fs, root = pafs.LocalFileSystem(), os.path.abspath(uri)
         self.root = root.rstrip("/")
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def _require_bucket(self, bucket: str) -> None:
+        """Fail early and clearly: pyarrow would only fail at the first write, naming a key."""
+        try:
+            found = self.fs.get_file_info(bucket).type != pafs.FileType.NotFound
+        except OSError as exc:  # unreachable endpoint, access denied, …
+            raise ConfigError(f"store bucket {bucket!r} cannot be reached: {exc}") from None
+        if not found:
+            raise ConfigError(f"store bucket {bucket!r} does not exist (create it first; "
+                              "the store never creates buckets)")
 
     def __repr__(self) -> str:
         return f"Store({self.uri!r})"
@@ -62,22 +147,27 @@ class Store:
     # -- bytes, JSON, Parquet ---------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
         """Write a whole object so that readers see the old or the new content, never a mix."""
+        if not self.is_local:
+            # Object stores need no folders (create_dir would PUT empty "dir/" marker keys),
+            # and a PUT replaces an object in one step. Check the type before opening:
+            # pyarrow's S3 stream uploads whatever it holds when closed, even on an
+            # exception, so a failed write must never start one.
+            buffer = pa.py_buffer(data)
+            with self.fs.open_output_stream(path) as out:  # one PUT (multipart above 10 MiB)
+                out.write(buffer)
+            return
         parent = path.rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
-        if self.is_local:
-            staging = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.partial"
-            try:
-                with self.fs.open_output_stream(staging) as out:
-                    out.write(data)
-                os.replace(staging, path)  # atomic on POSIX
-            except BaseException:
-                # A failed write keeps the old object and leaves no staging file behind.
-                if os.path.exists(staging):
-                    os.remove(staging)
-                raise
-        else:
-            with self.fs.open_output_stream(path) as out:  # one PUT: atomic on S3
+        staging = f"{parent}/.{path.rsplit('/', 1)[1]}.{uuid.uuid4().hex}.partial"
+        try:
+            with self.fs.open_output_stream(staging) as out:
                 out.write(data)
+            os.replace(staging, path)  # atomic on POSIX
+        except BaseException:
+            # A failed write keeps the old object and leaves no staging file behind.
+            if os.path.exists(staging):
+                os.remove(staging)
+            raise
 
     def read_bytes(self, path: str) -> bytes:
         """The whole object."""
@@ -94,9 +184,10 @@ class Store:
 
     def read_json(self, path: str) -> dict | None:
         """The parsed object, or None when it does not exist."""
-        if not self.exists(path):
+        try:
+            return json.loads(self.read_bytes(path))
+        except FileNotFoundError:  # one GET instead of HEAD + GET on S3
             return None
-        return json.loads(self.read_bytes(path))
 
     def write_parquet(self, path: str, frame: pd.DataFrame) -> None:
         """A DataFrame as Parquet (zstd)."""
@@ -109,8 +200,9 @@ class Store:
         return pq.read_table(path, filesystem=self.fs, columns=columns).to_pandas()
 
     def upload(self, local_path: str, path: str) -> None:
-        """Copy a local file into the store."""
-        self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        """Copy a local file into the store (streamed: one PUT, or a multipart upload)."""
+        if self.is_local:
+            self.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         pafs.copy_files(local_path, path, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.fs)
 
@@ -120,12 +212,26 @@ class Store:
                         destination_filesystem=pafs.LocalFileSystem())
 
     def remove(self, path: str) -> None:
-        """Delete a folder (every object under a prefix on S3); nothing if it does not exist."""
+        """Delete a folder (every object under a prefix on S3); nothing if it does not exist.
+
+        On S3, pyarrow then PUTs an empty ``<parent>/`` marker object so that the parent
+        "folder" survives (it does so on every delete). Listings ignore such markers.
+        """
         if self.exists(path):
             self.fs.delete_dir(path)
 
+    def list_files(self, path: str) -> list[str]:
+        """Names of the files directly under ``path`` (empty if it does not exist)."""
+        selector = pafs.FileSelector(path, allow_not_found=True)
+        return sorted(info.base_name for info in self.fs.get_file_info(selector)
+                      if info.type == pafs.FileType.File)
+
     def list_dirs(self, path: str) -> list[str]:
-        """Names of the folders directly under ``path`` (empty if it does not exist)."""
+        """Names of the folders directly under ``path`` (empty if it does not exist).
+
+        On S3 these are the common key prefixes one level down (pyarrow lists them as
+        directories), so they exist exactly while an object exists below them.
+        """
         selector = pafs.FileSelector(path, allow_not_found=True)
         return sorted(info.base_name for info in self.fs.get_file_info(selector)
                       if info.type == pafs.FileType.Directory)
