@@ -65,7 +65,7 @@ def load_validated(
     con = connect()
     source = project.source_for(account)
     with _step(account.account_id, "read and validate"):
-        loaded = load_account(con, source, account.account_id)
+        loaded = load_account(con, source, account.account_id, project.connection_resolver)
         report = validate_transactions(
             con, account.account_id, str(loaded["source"]), cutoff_utc(as_of, account.timezone),
             account.quarantine_limit, read_at,

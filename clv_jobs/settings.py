@@ -19,6 +19,7 @@ import os
 import re
 import string
 import zoneinfo
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -260,6 +261,9 @@ class Project:
         self.config_dir = config_dir
         self.settings = settings
         self.accounts = accounts
+        #: How a source's ``conn_id`` becomes a connection URI besides the environment
+        #: (``None``: environment only). The DAGs set Airflow's connection lookup here.
+        self.connection_resolver: Callable[[str], str | None] | None = None
 
     def resolve(self, path_or_uri: str) -> str:
         """Resolve a relative path against the config folder; URIs are left alone."""

@@ -49,7 +49,20 @@ def label_account(account_id: str) -> None:
 
 
 def project():
-    """The CLV project of this deployment (``$CLV_CONFIG_DIR``)."""
+    """The CLV project of this deployment (``$CLV_CONFIG_DIR``), reading Airflow connections."""
     from clv_jobs.settings import load_project
 
-    return load_project()
+    configured = load_project()
+    configured.connection_resolver = airflow_connection_uri
+    return configured
+
+
+def airflow_connection_uri(conn_id: str) -> str | None:
+    """A source's ``conn_id`` as a URI, from Airflow's connections (env, secrets backend, DB)."""
+    from airflow.sdk import BaseHook
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        return BaseHook.get_connection(conn_id).get_uri()
+    except AirflowNotFoundException:
+        return None  # clv_jobs then says where it looked

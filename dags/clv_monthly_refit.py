@@ -84,6 +84,7 @@ def clv_monthly_refit():
             import datetime as dt
 
             from airflow.sdk.exceptions import AirflowSkipException
+
             from clv_jobs import pipeline
             from clv_jobs.errors import NotEligibleError
 
@@ -135,6 +136,7 @@ def clv_monthly_refit():
             import datetime as dt
 
             from airflow.sdk.exceptions import AirflowSkipException
+
             from clv_jobs import pipeline
 
             label_account(summary["account"])
