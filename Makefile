@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test lock clean
+.PHONY: setup demo test airflow lock clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,9 +21,12 @@ demo: setup              ## simulate the sample accounts and run every job on th
 test: setup              ## every test: unit, model, pipeline, CLI, PostgreSQL
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+airflow: setup           ## local Airflow 3 (standalone, SQLite) on the DAGs and the demo warehouse
+	scripts/airflow-local.sh
+
 lock:                    ## re-pin requirements.txt from the current venv
 	{ echo "# The lock: every package pinned, transitive ones included. Regenerate: make lock."; \
 	  $(VENV)/bin/pip freeze --exclude-editable | grep -viE "^clv-jobs=="; } > requirements.txt
 
 clean:
-	rm -rf $(VENV) demo .pytest_cache
+	rm -rf $(VENV) demo .airflow .pytest_cache

@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", default="demo", metavar="DIR", help="Folder to create (default: ./demo).")
     demo.add_argument("--skip-large", action="store_true",
                       help="Leave out the 200,000-buyer account (a quicker look).")
+    demo.add_argument("--no-run", action="store_true",
+                      help="Only create the warehouse and config (for example for the local Airflow).")
 
     run = command(
         "run", "Run the whole pipeline on your own transactions file, no config needed.",
@@ -191,6 +193,11 @@ def _cmd_demo(args) -> int:
     from clv_jobs.sample_data import SAMPLE_ACCOUNTS
 
     accounts = [a for a in SAMPLE_ACCOUNTS if not (args.skip_large and a.account_id == "shop_large")]
+    if args.no_run:
+        from clv_jobs.demo import create_project
+
+        console.print(f"Sample project created: {create_project(args.workdir, DEMO_AS_OF, accounts)}")
+        return 0
     rows = run_demo(args.workdir, DEMO_AS_OF, accounts)
     table_rows = [row | {"file": Path(row["file"]).name if row["file"] else None} for row in rows]
     _print(args, rows if args.json else table_rows,
