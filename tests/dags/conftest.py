@@ -57,10 +57,14 @@ def airflow(env: dict, *args: str, timeout: int = 300) -> subprocess.CompletedPr
     return result
 
 
-def run_dag(env: dict, dag_id: str, run_after: str, conf: dict | None = None) -> dict:
-    """``dag.test()`` of one DAG in a subprocess; its run state and task instances."""
+def run_dag(env: dict, dag_id: str, run_after: str, conf: dict | None = None, mark_success: str | None = None) -> dict:
+    """``dag.test()`` of one DAG in a subprocess; its run state and task instances.
+
+    ``mark_success``: a regex of task ids that dag.test marks successful instead of running.
+    """
     result = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "dag_test_runner.py"), dag_id, run_after, json.dumps(conf or {})],
+        [sys.executable, str(Path(__file__).parent / "dag_test_runner.py"), dag_id, run_after, json.dumps(conf or {}),
+         *([mark_success] if mark_success else [])],
         env=env, capture_output=True, text=True, timeout=900,
     )
     lines = [line for line in result.stdout.splitlines() if line.startswith("DAG_TEST_RESULT ")]

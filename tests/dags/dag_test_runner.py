@@ -3,7 +3,7 @@
 Used by the DAG tests in a subprocess, so each test run gets a fresh Airflow home (SQLite)
 configured through the environment before Airflow is imported.
 
-usage: python dag_test_runner.py DAG_ID RUN_AFTER_ISO '{"conf": ...}'
+usage: python dag_test_runner.py DAG_ID RUN_AFTER_ISO '{"conf": ...}' [MARK_SUCCESS_PATTERN]
 """
 
 import json
@@ -12,7 +12,7 @@ import sys
 import pendulum
 
 
-def main(dag_id: str, run_after: str, conf: str) -> None:
+def main(dag_id: str, run_after: str, conf: str, mark_success_pattern: str | None = None) -> None:
     from airflow.configuration import conf as airflow_conf
     from airflow.dag_processing.dagbag import DagBag
 
@@ -24,7 +24,8 @@ def main(dag_id: str, run_after: str, conf: str) -> None:
     bag = DagBag(dag_folder=None)
     assert not bag.import_errors, bag.import_errors
     dag = bag.get_dag(dag_id)
-    run = dag.test(run_after=pendulum.parse(run_after), run_conf=json.loads(conf) or None)
+    run = dag.test(run_after=pendulum.parse(run_after), run_conf=json.loads(conf) or None,
+                   mark_success_pattern=mark_success_pattern)
     with create_session() as session:
         rows = session.query(TaskInstance).filter(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run.run_id)
         instances = [{"task_id": ti.task_id, "map_index": ti.map_index, "label": ti.rendered_map_index,
@@ -33,4 +34,4 @@ def main(dag_id: str, run_after: str, conf: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])
