@@ -427,9 +427,10 @@ def export(project: Project, account_id: str, as_of: dt.date | None = None) -> d
         local_file = Path(workdir) / datamodel["file"]
         store.download(store.run_path(account_id, run_day, pointer["run_id"], datamodel["file"]), str(local_file))
         destinations = [
-            dest.model_copy(update={"path": project.resolve(dest.path)}) for dest in account.datamodel.destinations
+            dest.model_copy(update={"path": project.resolve(dest.path)}) if dest.type == "local" else dest
+            for dest in account.datamodel.destinations
         ]
-        deliveries = delivery.deliver(local_file, destinations, manifest)
+        deliveries = delivery.deliver(local_file, destinations, manifest, project.connection_resolver)
     log.info("%s: delivered %s to %d destination(s)", account_id, datamodel["file"], len(deliveries))
     return {"account": account_id, "as_of": pointer["as_of"], "run_id": pointer["run_id"],
             "file": datamodel["file"], "rows": datamodel["rows"], "deliveries": deliveries}

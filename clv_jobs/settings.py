@@ -98,7 +98,42 @@ class LocalDestination(_Strict):
     path: str
 
 
-Destination = Annotated[LocalDestination, Field(discriminator="type")]
+class SftpDestination(_Strict):
+    """An sFTP drop, e.g. Salesforce Marketing Cloud Enhanced FTP.
+
+    Login, password or private key, and the pinned host key live in the connection
+    (``conn_id``), never here; ``host``/``port`` override the connection's when set.
+    """
+
+    type: Literal["sftp"]
+    conn_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,250}$")]
+    path: str = "/Import"
+    host: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+
+
+class S3Destination(_Strict):
+    """An S3 bucket (or any S3-compatible store: ``endpoint_url``)."""
+
+    type: Literal["s3"]
+    bucket: Annotated[str, Field(min_length=3, max_length=63)]
+    prefix: str = ""
+    #: Credentials from this Airflow connection (aws type), else the environment.
+    conn_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,250}$")] | None = None
+    endpoint_url: str | None = None
+
+
+class PostgresDestination(_Strict):
+    """A PostgreSQL table with the Datamodel's shape (``sql/datamodel_clv.sql``)."""
+
+    type: Literal["postgres"]
+    conn_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,250}$")]
+    table: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")] = "datamodel_clv"
+
+
+Destination = Annotated[
+    LocalDestination | SftpDestination | S3Destination | PostgresDestination, Field(discriminator="type")
+]
 
 EXTRA_COLUMNS = ("P_ALIVE", "CHURN", "EXPECTED_PURCHASES", "MODEL")
 
