@@ -24,14 +24,12 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from clv_jobs.connections import Resolver
 from clv_jobs.errors import ClvError
 
 log = logging.getLogger("clv_jobs")
 
-T = TypeVar("T")
 
 #: Attempts per destination and the first backoff delay (doubling, capped).
 ATTEMPTS = 5
