@@ -24,7 +24,7 @@ from clv_jobs.errors import ClvError
 EXIT_CODES = """\
 exit codes:
   0 success            2 invalid settings     3 invalid input (file, columns, quarantine limit)
-  4 model failure      5 account not eligible 1 other error
+  4 model failure      5 account not eligible 6 delivery failed      1 other error
 """
 
 DESCRIPTION = """\
