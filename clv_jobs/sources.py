@@ -20,18 +20,17 @@ whose queries (``sql/transactions.sql``, ``sql/contacts.sql``) are streamed with
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 import re
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 import duckdb
 
+from clv_jobs.connections import lookup_raw, parse_connection
 from clv_jobs.errors import ConfigError, InputError
 from clv_jobs.settings import DuckDBSource, FilesSource, PostgresSource
 
@@ -39,9 +38,6 @@ log = logging.getLogger(__name__)
 
 #: The repository's SQL folder: default home of the PostgreSQL source's queries.
 SQL_DIR = Path(__file__).parents[1] / "sql"
-
-#: Where a connection id is looked up, in this order (``<CONN_ID>`` upper-cased).
-CONNECTION_ENV_PREFIXES = ("AIRFLOW_CONN_", "CLV_CONN_")
 
 #: The bind parameter every PostgreSQL query must use for the account id.
 ACCOUNT_PARAMETER = "%(account_id)s"
@@ -240,65 +236,37 @@ def _libpq_keywords() -> frozenset[str]:
     return frozenset(option.keyword.decode() for option in psycopg.pq.Conninfo.get_defaults())
 
 
-def _libpq_extras(extra: object, conn_id: str, where: str) -> dict[str, str]:
+def _libpq_extras(extra: dict) -> dict[str, str]:
     """The libpq parameters among an Airflow connection's extras (sslmode, options, …).
 
     Airflow-only extras (``cursor``, ``iam``, …) are not libpq's and are left out.
     """
-    if extra in (None, ""):
-        return {}
-    if isinstance(extra, str):
-        try:
-            extra = json.loads(extra)
-        except ValueError:
-            raise ConfigError(f"connection {conn_id!r} ({where}): 'extra' is not a JSON object") from None
-    if not isinstance(extra, dict):
-        raise ConfigError(f"connection {conn_id!r} ({where}): 'extra' is not a JSON object")
     keywords = _libpq_keywords()
     return {key: str(value) for key, value in extra.items() if key in keywords and value is not None}
 
 
 def _conninfo(conn_id: str, value: str, where: str) -> str:
-    """A libpq connection string from Airflow's URI or JSON form, or a libpq string."""
+    """A libpq connection string from Airflow's URI or JSON form, or a libpq string.
+
+    The URI and JSON forms are parsed by :func:`clv_jobs.connections.parse_connection`
+    (shared with every destination); only the libpq ``key=value`` form is read here.
+    """
     psycopg = _psycopg()
     text = value.strip()
-    if text.startswith("{"):
+    if text.startswith("{") or "://" in text:
         try:
-            fields = json.loads(text)
-        except ValueError:
-            raise ConfigError(f"connection {conn_id!r} ({where}) is not valid JSON") from None
-        if not isinstance(fields, dict):
-            raise ConfigError(f"connection {conn_id!r} ({where}) is not a JSON object")
-        conn_type = str(fields.get("conn_type") or "postgres").lower()
-        params = {
-            "host": fields.get("host"),
-            "port": fields.get("port"),
-            "user": fields.get("login"),
-            "password": fields.get("password"),
-            "dbname": fields.get("schema"),
-        } | _libpq_extras(fields.get("extra"), conn_id, where)
-    elif "://" in text:
-        # Airflow's URI: components percent-encoded, extras as query parameters (or
-        # JSON in __extra__), scheme postgres:// or postgresql://.
-        parts = urllib.parse.urlsplit(text)
-        conn_type = parts.scheme.lower().replace("-", "_")
-        try:
-            port = parts.port
-        except ValueError:
-            raise ConfigError(f"connection {conn_id!r} ({where}): the URI has an invalid port") from None
-        query = dict(urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
-        extra = query.get("__extra__", query)
-        unquote = urllib.parse.unquote
-        # Not parts.hostname: it lower-cases, and a socket folder (%2Fvar%2Frun…) is a path.
-        host = parts.netloc.rpartition("@")[2]
-        host = host[1:host.find("]")] if host.startswith("[") else host.partition(":")[0]
-        params = {
-            "host": unquote(host) or None,
-            "port": port,
-            "user": unquote(parts.username) if parts.username else None,
-            "password": unquote(parts.password) if parts.password is not None else None,
-            "dbname": unquote(parts.path[1:]) if parts.path[1:] else None,
-        } | _libpq_extras(extra, conn_id, where)
+            conn = parse_connection(conn_id, text, where)
+        except (TypeError, ValueError):  # e.g. a JSON "port" that is not a number
+            raise ConfigError(f"connection {conn_id!r} ({where}) has an invalid port") from None
+        # Airflow's JSON form may leave conn_type out; the URI's scheme is postgres(ql).
+        conn_type = conn.conn_type or "postgres"
+        params: dict[str, object] = {
+            "host": conn.host,
+            "port": conn.port,
+            "user": conn.login,
+            "password": conn.password,
+            "dbname": conn.schema,
+        } | _libpq_extras(conn.extra)
     else:
         try:
             params = psycopg.conninfo.conninfo_to_dict(text)
@@ -318,16 +286,17 @@ def _conninfo(conn_id: str, value: str, where: str) -> str:
     return psycopg.conninfo.make_conninfo("", **params)
 
 
-def resolve_connection(conn_id: str, resolver: Callable[[str], str | None] | None = None) -> str:
+def postgres_conninfo(conn_id: str, resolver: Callable[[str], str | None] | None = None) -> str:
     """The libpq connection string of an Airflow connection id, without Airflow.
 
-    Looked up, in order: ``resolver(conn_id)`` when given (in an Airflow task, e.g.
-    ``lambda c: BaseHook.get_connection(c).get_uri()``; ``None`` means "not known
-    here"), ``$AIRFLOW_CONN_<CONN_ID>`` (Airflow's convention: a URI such as
-    ``postgresql://user:password@host:5432/database`` or the JSON form with ``conn_type,
-    host, login, password, port, schema, extra``), then ``$CLV_CONN_<CONN_ID>`` (the same
-    forms, or a libpq ``key=value`` string). ``<CONN_ID>`` is the id upper-cased. libpq
-    parameters among the extras (``sslmode``, ``options``, …) are kept.
+    Looked up by :func:`clv_jobs.connections.lookup_raw`, in order: ``resolver(conn_id)``
+    when given (in an Airflow task, e.g. ``lambda c: BaseHook.get_connection(c).get_uri()``;
+    ``None`` means "not known here"), ``$AIRFLOW_CONN_<CONN_ID>`` (Airflow's convention: a
+    URI such as ``postgresql://user:password@host:5432/database`` or the JSON form with
+    ``conn_type, host, login, password, port, schema, extra``), then ``$CLV_CONN_<CONN_ID>``
+    (the same forms, or a libpq ``key=value`` string). ``<CONN_ID>`` is the id upper-cased.
+    libpq parameters among the extras (``sslmode``, ``options``, …) are kept. Used by the
+    PostgreSQL source and the PostgreSQL delivery (:mod:`clv_jobs.delivery.postgres`).
 
     Raises
     ------
@@ -335,28 +304,12 @@ def resolve_connection(conn_id: str, resolver: Callable[[str], str | None] | Non
         Not found (naming where it was looked for), not parseable, or not PostgreSQL.
         Messages never contain the password or the connection string.
     """
-    looked = []
-    if resolver is not None:
-        looked.append("the resolver")
-        try:
-            value = resolver(conn_id)
-        except Exception as exc:  # the resolver is the caller's (e.g. Airflow's lookup)
-            raise ConfigError(
-                f"connection {conn_id!r}: the resolver failed ({type(exc).__name__}: {_redact(str(exc))})"
-            ) from None
-        if value:
-            return _conninfo(conn_id, str(value), "from the resolver")
-    for prefix in CONNECTION_ENV_PREFIXES:
-        name = prefix + conn_id.upper()
-        looked.append(f"${name}")
-        value = os.environ.get(name, "")
-        if value.strip():
-            return _conninfo(conn_id, value, f"${name}")
-    raise ConfigError(
-        f"connection {conn_id!r} not found (looked in {', '.join(looked)}): define it in Airflow or set "
-        f"${CONNECTION_ENV_PREFIXES[0]}{conn_id.upper()} to its URI, e.g. "
-        "postgresql://user:password@host:5432/database"
-    )
+    value, where = lookup_raw(conn_id, resolver)
+    return _conninfo(conn_id, value, where)
+
+
+#: The name the PostgreSQL source has always used (kept for callers and scripts).
+resolve_connection = postgres_conninfo
 
 
 def _query(source: PostgresSource, setting: str, account_id: str) -> tuple[Path, str]:
@@ -404,7 +357,7 @@ def _load_postgres(
         "raw_contacts": (*_query(source, "contacts_query", account_id),
                          CONTACT_COLUMNS, OPTIONAL_CONTACT_COLUMNS),
     }
-    dsn = resolve_connection(conn_id, resolver)
+    dsn = postgres_conninfo(conn_id, resolver)
     params = psycopg.conninfo.conninfo_to_dict(dsn)
     password = params.get("password")
     overrides: dict[str, object] = {"autocommit": True, "client_encoding": "utf8"}

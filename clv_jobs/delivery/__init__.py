@@ -61,8 +61,8 @@ def with_retries[T](
     attempt: Callable[[], T],
     describe: str,
     is_transient: Callable[[BaseException], bool],
-    attempts: int = ATTEMPTS,
-    first_delay: float = FIRST_DELAY_SECONDS,
+    attempts: int | None = None,
+    first_delay: float | None = None,
 ) -> T:
     """Call ``attempt`` until it succeeds, retrying transient faults with exponential backoff.
 
@@ -74,15 +74,17 @@ def with_retries[T](
         ``account X, destination Y``: named in logs and errors.
     is_transient : callable
         Whether an exception is worth another try; anything else fails at once.
-    attempts, first_delay : int, float
-        Tries in all, and the first wait (doubling up to :data:`MAX_DELAY_SECONDS`).
+    attempts, first_delay : int, float, optional
+        Tries in all, and the first wait (doubling up to :data:`MAX_DELAY_SECONDS`);
+        default :data:`ATTEMPTS` and :data:`FIRST_DELAY_SECONDS`, read at call time.
 
     Raises
     ------
     DeliveryError
         A permanent fault, or transient faults on every try; chained to the cause.
     """
-    delay = first_delay
+    attempts = ATTEMPTS if attempts is None else attempts
+    delay = FIRST_DELAY_SECONDS if first_delay is None else first_delay
     for number in range(1, attempts + 1):
         try:
             return attempt()
