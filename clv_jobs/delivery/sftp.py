@@ -16,8 +16,9 @@ One try (:func:`_deliver_once`), retried by :func:`clv_jobs.delivery.with_retrie
 4. rename it to its final name, replacing an earlier delivery of the same file
    (``posix-rename@openssh.com`` where the server has it, else remove then rename), and
    ``stat`` the final name;
-5. upload ``<file>.manifest.json`` the same way (temporary name, then rename), last: it is
-   what automations wait for.
+5. upload ``<file>.manifest.json`` last, directly under its final name: SFMC File Drop
+   fires on uploads, not on renames, so the manifest (small, written in one request) is the
+   trigger, and the file it describes is already complete under its final name.
 
 A manifest left by an earlier delivery of the same file name is removed before the file is
 replaced, so a visible manifest always describes the file next to it. A failed try removes
@@ -410,7 +411,12 @@ class _Attempt:
             verified = self._put(sftp, source, self.manifest["bytes"], self.manifest["sha256"], self.final,
                                  before_rename=lambda: _remove_quietly(sftp, self.manifest_final))
         body = manifest_bytes(self.manifest)
-        self._put(sftp, io.BytesIO(body), len(body), hashlib.sha256(body).hexdigest(), self.manifest_final)
+        self.step = f"uploading {posixpath.basename(self.manifest_final)}"
+        sftp.putfo(io.BytesIO(body), self.manifest_final, file_size=len(body), confirm=False)
+        arrived = sftp.stat(self.manifest_final).st_size
+        if arrived != len(body):
+            raise TransientDeliveryError(f"{self.describe}: {self.manifest_final} has {arrived} bytes after the "
+                                         f"upload, expected {len(body)}")
         self._sweep_stale(sftp)
         return {"destination": "sftp", "host": self.target.host, "port": self.target.port, "path": self.final,
                 "manifest": self.manifest_final, "verified": verified}

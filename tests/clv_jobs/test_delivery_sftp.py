@@ -347,24 +347,23 @@ def test_server_without_posix_rename_removes_then_renames(server, connect, datam
     assert events[last_rename - 1] == ("remove", final)
 
 
-def test_manifest_is_never_visible_before_its_file_is_complete(server, connect, datamodel):
+def test_manifest_is_uploaded_last_and_directly_after_the_complete_file(server, connect, datamodel):
     local, manifest = datamodel
     connect(server)
     sftp_delivery.deliver(local, _destination(), manifest, None)
     events = server.state.events
-    # Nothing is ever opened for writing under a final name: only hidden temporary names.
     written = [event[1] for event in events if event[:1] == ("open",) and event[2] == "w"]
-    assert len(written) == 2
-    assert all(Path(path).name.startswith(".upload-") and path.endswith(".partial") for path in written)
-    assert not any(FILE in path for path in written)  # no File Drop pattern for the file can match
-    data_temp, manifest_temp = written
+    data_temp, manifest_path = written
+    # The file goes through a hidden temporary name no File Drop pattern for it can match ...
+    assert Path(data_temp).name.startswith(".upload-") and data_temp.endswith(".partial")
+    assert FILE not in data_temp
     file_renamed = events.index(("posix_rename", data_temp, f"/Import/{FILE}"))
-    manifest_renamed = events.index(("posix_rename", manifest_temp, f"/Import/{MANIFEST}"))
-    # The file was closed, read back, renamed, and only then the manifest was opened, closed, renamed.
     assert events.index(("close", data_temp)) < events.index(("open", data_temp, "r")) < file_renamed
-    assert file_renamed < events.index(("open", manifest_temp, "w")) < events.index(("close", manifest_temp))
-    assert events.index(("close", manifest_temp)) < manifest_renamed
-    assert not any(event[0] == "open" and event[1].endswith(MANIFEST) for event in events)
+    # ... and the manifest is uploaded under its final name (File Drop fires on uploads, not
+    # renames), only once the file is complete under its final name.
+    assert manifest_path == f"/Import/{MANIFEST}"
+    assert file_renamed < events.index(("open", manifest_path, "w")) < events.index(("close", manifest_path))
+    assert not any(event[0] in ("rename", "posix_rename") and event[2].endswith(MANIFEST) for event in events)
 
 
 @pytest.mark.parametrize("refusal", ["permission", "failure"])
