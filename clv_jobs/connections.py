@@ -75,11 +75,15 @@ def parse_connection(conn_id: str, value: str, where: str = "") -> Connection:
         if not isinstance(fields, dict):
             raise ConfigError(f"connection {conn_id!r} ({where}) is not a JSON object")
         port = fields.get("port")
+        try:
+            port = int(port) if port not in (None, "") else None
+        except (TypeError, ValueError):
+            raise ConfigError(f"connection {conn_id!r} ({where}): 'port' is not a number") from None
         return Connection(
             conn_id=conn_id,
             conn_type=str(fields.get("conn_type") or "").lower().replace("-", "_"),
             host=fields.get("host") or None,
-            port=int(port) if port not in (None, "") else None,
+            port=port,
             login=fields.get("login") or None,
             password=fields.get("password") if fields.get("password") not in (None, "") else None,
             schema=fields.get("schema") or None,
