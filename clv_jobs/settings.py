@@ -54,11 +54,42 @@ class EligibilitySettings(_Strict):
     min_max_purchases: Annotated[int, Field(ge=1)] = 3
 
 
+class McmcSettings(_Strict):
+    """Full-posterior fit (``fit_method: mcmc``)."""
+
+    sampler: Literal["nutpie", "pymc"] = "nutpie"
+    chains: Annotated[int, Field(ge=1, le=16)] = 2
+    draws: Annotated[int, Field(ge=100, le=20_000)] = 1000
+    tune: Annotated[int, Field(ge=100, le=20_000)] = 1000
+    #: Posterior draws used for the per-customer CLV and P-Alive intervals.
+    predictive_draws: Annotated[int, Field(ge=50, le=5_000)] = 400
+    seed: int = 0
+
+
+class QualityGateSettings(_Strict):
+    """What a refit must pass to be published (else the previous model rescores the account)."""
+
+    enabled: bool = True
+    #: Largest tolerated relative worsening of the backtest's per-customer purchase MAE vs
+    #: the previous published model (0.10 = 10 % worse).
+    max_backtest_degradation: Annotated[float, Field(ge=0)] = 0.10
+    #: Bayesian fits: largest r_hat and smallest bulk ESS of every parameter.
+    max_r_hat: Annotated[float, Field(gt=1)] = 1.01
+    min_ess: Annotated[float, Field(ge=0)] = 400
+    #: A parameter this close (relative) to the optimiser's bounds counts as "at its bounds".
+    bound_tolerance: Annotated[float, Field(gt=0, lt=1)] = 1e-6
+
+
 class ModelSettings(_Strict):
     """Transaction and spend models (SPEC "Model")."""
 
-    transaction_model: Literal["pareto_nbd", "bg_nbd", "mbg_nbd"] = "pareto_nbd"
-    fit_method: Literal["map"] = "map"
+    #: ``auto`` fits the three and keeps the best on the holdout backtest (and says why).
+    transaction_model: Literal["pareto_nbd", "bg_nbd", "mbg_nbd", "auto"] = "pareto_nbd"
+    fit_method: Literal["map", "mcmc"] = "map"
+    mcmc: McmcSettings = McmcSettings()
+    #: Holdout of the backtest run with every refit: the last N days before the as-of date.
+    holdout_days: Annotated[int, Field(ge=7, le=730)] = 90
+    gate: QualityGateSettings = QualityGateSettings()
     #: ``default``: pymc-marketing's weakly informative priors; ``flat``: maximum likelihood.
     priors: Literal["default", "flat"] = "default"
     horizon_months: Annotated[int, Field(ge=1, le=120)] = 12

@@ -145,7 +145,7 @@ def test_control_share_spec_bounds_are_accepted(share):
         (
             {"account_id": "shop", "model": {"transaction_model": "weibull"}},
             r"model\.transaction_model",
-            "'pareto_nbd', 'bg_nbd' or 'mbg_nbd'",
+            "'pareto_nbd', 'bg_nbd', 'mbg_nbd' or 'auto'",
         ),
         (
             {
