@@ -16,15 +16,8 @@ import json
 import logging
 import os
 import re
-import socket
-import subprocess
-import sys
 import threading
-import time
-import urllib.error
-import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
@@ -33,6 +26,7 @@ from clv_jobs.delivery import DeliveryError, manifest_bytes
 from clv_jobs.delivery import s3 as s3_delivery
 from clv_jobs.errors import ConfigError
 from clv_jobs.settings import S3Destination
+from tests.moto_server import free_port, moto_s3_server
 
 boto3 = pytest.importorskip("boto3", reason="boto3 is needed for the S3 delivery")
 pytest.importorskip("moto.server", reason="moto[server] is needed for an S3 endpoint on loopback")
@@ -43,46 +37,13 @@ CONN_KEY_ID, CONN_SECRET = "AKIACONNECTION", "conn-secret/never+logged"
 CONN_ID = "clv_test_s3_drop"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_answers(url: str, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"moto server did not answer on {url} within {timeout:.0f} s: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def moto_endpoint(tmp_path_factory):
     """A moto S3 server on 127.0.0.1:<free port> holding the test bucket."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        _wait_until_answers(endpoint, process, log)
+    with moto_s3_server(tmp_path_factory.mktemp("moto")) as endpoint:
         boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
                      aws_secret_access_key="setup").create_bucket(Bucket=BUCKET)
         yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --- the fault-injecting proxy ------------------------------------------------------------------
@@ -333,7 +294,7 @@ def test_permanent_errors_fail_at_once(proxy, s3, prefix, make_datamodel, status
 
 def test_unreachable_endpoint_is_retried_then_fails(prefix, make_datamodel, caplog):
     path, manifest = make_datamodel("acme", 5)
-    closed = S3Destination(type="s3", bucket=BUCKET, prefix=prefix, endpoint_url=f"http://127.0.0.1:{_free_port()}")
+    closed = S3Destination(type="s3", bucket=BUCKET, prefix=prefix, endpoint_url=f"http://127.0.0.1:{free_port()}")
     caplog.set_level(logging.WARNING)
     with pytest.raises(DeliveryError, match=r"still failing after 3 tries: EndpointConnectionError"):
         s3_delivery.deliver(path, closed, manifest)
@@ -412,7 +373,7 @@ def test_connection_uri_form_through_the_resolver(proxy, s3, prefix, make_datamo
 
 
 def test_credentials_and_endpoint_from_the_standard_environment(proxy, s3, prefix, make_datamodel, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", proxy.url)  # the S3-specific one wins
     path, manifest = make_datamodel("acme", 5)
     result = s3_delivery.deliver(path, S3Destination(type="s3", bucket=BUCKET, prefix=prefix), manifest)

@@ -12,12 +12,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +24,7 @@ from clv_jobs.errors import ConfigError
 from clv_jobs.sample_data import SampleAccount, simulate_account, write_warehouse
 from clv_jobs.settings import load_project
 from clv_jobs.store import Store
+from tests.moto_server import free_port, moto_s3_server
 
 boto3 = pytest.importorskip("boto3", reason="boto3 is needed to set up the S3 test bucket")
 pytest.importorskip("moto.server", reason="moto[server] is needed for an S3 endpoint on loopback")
@@ -40,36 +35,10 @@ D1, D2, D3 = dt.date(2025, 4, 1), dt.date(2025, 5, 1), dt.date(2025, 6, 1)
 SECRET = "test-secret-never-logged"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_answers(url: str, process: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"moto server exited with {process.returncode}: {log.read_text()[-2000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1):
-                return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.1)
-    raise RuntimeError(f"moto server did not answer on {url} within {timeout:.0f} s: {log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint(tmp_path_factory):
     """A moto S3 server on 127.0.0.1:<free port>, the bucket, and the AWS_* environment."""
-    port = _free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        _wait_until_answers(endpoint, process, log)
+    with moto_s3_server(tmp_path_factory.mktemp("moto")) as endpoint:
         with pytest.MonkeyPatch.context() as env:
             for name in ("AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
                 env.delenv(name, raising=False)
@@ -82,13 +51,6 @@ def s3_endpoint(tmp_path_factory):
             env.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
             boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=BUCKET)
             yield endpoint
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture
@@ -158,7 +120,7 @@ def test_options_in_the_uri_are_refused(s3_endpoint):
 
 def test_service_specific_endpoint_wins(s3_endpoint, monkeypatch, prefix, s3):
     # AWS SDK convention: AWS_ENDPOINT_URL_S3 overrides AWS_ENDPOINT_URL; no region set at all.
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nothing listens
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nothing listens
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_endpoint)
     monkeypatch.delenv("AWS_DEFAULT_REGION")
     store = Store(f"s3://{BUCKET}/{prefix}")
@@ -167,7 +129,7 @@ def test_service_specific_endpoint_wins(s3_endpoint, monkeypatch, prefix, s3):
 
 
 def test_unreachable_endpoint_is_a_clear_config_error(s3_endpoint, monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(ConfigError, match=f"store bucket '{BUCKET}' cannot be reached") as error:
         Store(f"s3://{BUCKET}/clv")
     assert SECRET not in str(error.value)

@@ -24,17 +24,12 @@ import requests
 
 from clv_jobs.datamodel import COLUMNS
 from tests.dags.conftest import AIRFLOW, AS_OF, airflow, airflow_environment, write_project
+from tests.moto_server import free_port
 
 pytestmark = pytest.mark.slow
 
 ACCOUNTS = ["north", "south"]
 REDIS = ("127.0.0.1", 6379)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _redis_available() -> str | None:
@@ -51,7 +46,7 @@ class Deployment:
 
     def __init__(self, root: Path, config_dir: Path, dsn: str, executor: str, broker: str | None = None):
         self.root = root
-        self.port = _free_port()
+        self.port = free_port()
         self.database = f"clv_e2e_{uuid.uuid4().hex[:8]}"
         self.dsn = dsn
         self.processes: list[subprocess.Popen] = []
