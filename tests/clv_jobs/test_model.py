@@ -21,16 +21,14 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
-from clv_jobs import features, sources
+from clv_jobs import features
 from clv_jobs.errors import ModelError
 from clv_jobs.model import DAYS_PER_MONTH, MIN_REPEAT_BUYERS, fit_models, fit_spend_model
 from clv_jobs.sample_data import SampleAccount, simulate_account
 from clv_jobs.settings import ModelSettings
+from tests.clv_jobs.helpers import CDNOW_AS_OF, CDNOW_CUSTOMERS, CDNOW_PERIOD_END, orders_session
 
 # --- CDNOW ------------------------------------------------------------------------------
-CDNOW_AS_OF = dt.date(1997, 10, 1)  # calibration: orders of 1997-01-01 .. 1997-09-30
-CDNOW_PERIOD_END = pd.Timestamp("1997-09-30")
-CDNOW_CUSTOMERS = 2_357
 CDNOW_REPEAT_BUYERS = 946
 
 # Published maximum-likelihood estimates on the CDNOW calibration data (weeks).
@@ -53,53 +51,6 @@ PUBLISHED_RTOL = 0.02
 
 TRANSACTION_MODELS = ["pareto_nbd", "bg_nbd", "mbg_nbd"]
 PARITY_RTOL = 1e-6
-
-
-def _session(transactions: pd.DataFrame):
-    """A pipeline session holding ``transactions`` as the clean orders table."""
-    con = sources.connect()
-    con.execute(
-        "CREATE TEMP TABLE transactions("
-        "customer_id VARCHAR, order_id VARCHAR, order_ts TIMESTAMP, amount DOUBLE)"
-    )
-    con.register("orders_in", transactions[["customer_id", "order_id", "order_ts", "amount"]])
-    con.execute(
-        "INSERT INTO transactions SELECT customer_id, order_id, order_ts, amount FROM orders_in"
-    )
-    con.unregister("orders_in")
-    return con
-
-
-@pytest.fixture(scope="module")
-def cdnow_orders(cdnow_transactions_path) -> pd.DataFrame:
-    """The raw CDNOW order log, one row per record (all 18 months)."""
-    raw = pd.read_csv(
-        cdnow_transactions_path,
-        sep=r"\s+",
-        header=None,
-        names=["customer_id", "sample_id", "date", "quantity", "amount"],
-        dtype={"customer_id": str, "sample_id": int, "date": str},
-    )
-    raw["date"] = pd.to_datetime(raw["date"], format="%Y%m%d")
-    return raw
-
-
-@pytest.fixture(scope="module")
-def cdnow_features(cdnow_orders) -> pd.DataFrame:
-    orders = cdnow_orders.assign(
-        order_id=[f"o{i}" for i in range(len(cdnow_orders))],
-        order_ts=cdnow_orders["date"] + pd.Timedelta(hours=12),
-    )
-    con = _session(orders)
-    try:
-        return features.build_features(con, CDNOW_AS_OF, "UTC", 24, time_unit="W")
-    finally:
-        con.close()
-
-
-@pytest.fixture(scope="module")
-def cdnow_rfm(cdnow_features) -> pd.DataFrame:
-    return features.rfm_frame(cdnow_features)
 
 
 @pytest.fixture(scope="module")
@@ -126,21 +77,6 @@ def cdnow_hand_summary(cdnow_orders) -> pd.DataFrame:
     )
     sample_id = cdnow_orders.groupby("customer_id")["sample_id"].first()
     return summary.join(sample_id).reset_index()
-
-
-@pytest.fixture(scope="module")
-def cdnow_fit(cdnow_rfm):
-    """Fit a CDNOW model with flat priors (maximum likelihood) once per module."""
-    cache = {}
-
-    def fit(name: str):
-        if name not in cache:
-            cache[name] = fit_models(
-                cdnow_rfm, ModelSettings(transaction_model=name, priors="flat", time_unit="W")
-            )
-        return cache[name]
-
-    return fit
 
 
 # --- 1. CDNOW: features, then the published estimates --------------------------------
@@ -372,7 +308,7 @@ def recovery_fit():
         order_ts=pd.to_datetime(sample.transactions["order_ts"], format="%Y-%m-%d %H:%M:%S")
     )
     orders = orders[orders["order_ts"] < pd.Timestamp(RECOVERY_AS_OF)]
-    con = _session(orders)
+    con = orders_session(orders)
     try:
         # 36 months cover the 900 days of history: every simulated purchase is in.
         rfm = features.rfm_frame(

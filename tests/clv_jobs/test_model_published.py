@@ -35,10 +35,7 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
-from clv_jobs import features
-from clv_jobs.model import fit_models, score_customers
-from clv_jobs.settings import ModelSettings
-from tests.clv_jobs.test_model import CDNOW_AS_OF, CDNOW_CUSTOMERS, _session
+from clv_jobs.model import score_customers
 
 PUBLISHED_RTOL = 0.005
 
@@ -67,56 +64,11 @@ LIFETIMES_EXPECTED_SPEND = {
 
 
 @pytest.fixture(scope="module")
-def cdnow_orders(cdnow_transactions_path) -> pd.DataFrame:
-    """The raw CDNOW order log: customer id, sample id (the published summaries' order), date, amount."""
-    raw = pd.read_csv(
-        cdnow_transactions_path,
-        sep=r"\s+",
-        header=None,
-        names=["customer_id", "sample_id", "date", "quantity", "amount"],
-        dtype={"customer_id": str, "sample_id": int, "date": str},
-    )
-    raw["date"] = pd.to_datetime(raw["date"], format="%Y%m%d")
-    return raw
-
-
-@pytest.fixture(scope="module")
 def customer_of_sample(cdnow_orders) -> pd.Series:
     """File customer id of each sample id (one customer per sample id)."""
     pairs = cdnow_orders[["sample_id", "customer_id"]].drop_duplicates()
     assert pairs["sample_id"].is_unique and pairs["customer_id"].is_unique
     return pairs.set_index("sample_id")["customer_id"]
-
-
-@pytest.fixture(scope="module")
-def cdnow_rfm(cdnow_orders) -> pd.DataFrame:
-    """The model inputs built by the project's features code (weeks, 39-week calibration)."""
-    orders = cdnow_orders.assign(
-        order_id=[f"o{i}" for i in range(len(cdnow_orders))],
-        order_ts=cdnow_orders["date"] + pd.Timedelta(hours=12),
-    )
-    con = _session(orders)
-    try:
-        rfm = features.rfm_frame(features.build_features(con, CDNOW_AS_OF, "UTC", 24, time_unit="W"))
-    finally:
-        con.close()
-    assert len(rfm) == CDNOW_CUSTOMERS
-    return rfm
-
-
-@pytest.fixture(scope="module")
-def cdnow_fit(cdnow_rfm):
-    """``fit_models`` on CDNOW with flat priors (maximum likelihood), once per model."""
-    cache = {}
-
-    def fit(name: str):
-        if name not in cache:
-            cache[name] = fit_models(
-                cdnow_rfm, ModelSettings(transaction_model=name, priors="flat", time_unit="W")
-            )
-        return cache[name]
-
-    return fit
 
 
 @pytest.fixture(scope="module")
