@@ -107,8 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--as-of", type=_as_of, required=True, metavar="YYYY-MM-DD",
                      help="The run sees every order before this date (00:00, --timezone).")
     run.add_argument("--out", required=True, metavar="DIR", help="Output folder.")
-    run.add_argument("--model", choices=["pareto_nbd", "bg_nbd", "mbg_nbd"], default="pareto_nbd",
-                     help="Transaction model (default: pareto_nbd).")
+    run.add_argument("--model", choices=["pareto_nbd", "bg_nbd", "mbg_nbd", "auto"], default="pareto_nbd",
+                     help="Transaction model (default: pareto_nbd); auto: the best of the three on the "
+                          "holdout backtest.")
     run.add_argument("--timezone", default="UTC", help="Account time zone, IANA name (default: UTC).")
     run.add_argument("--force", action="store_true", help="Fit even if the account is not eligible.")
 
@@ -125,9 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     refit = command(
         "refit", "Refit models and rescore every buyer; publish the run.",
-        "Monthly job: validate, fit the account's transaction and spend models, score every "
-        "buyer of the history window, write the Datamodel and publish the run to the store "
-        "(the previous run stays current until this one is complete). Does not deliver: see export.",
+        "Monthly job: validate, backtest the account's model on the last holdout_days (90) of "
+        "history beside a naive baseline, fit the transaction and spend models, pass them through "
+        "the quality gate, score every buyer of the history window, write the Datamodel and "
+        "publish the run to the store (the previous run stays current until this one is complete). "
+        "A refit that fails the gate is not published as the new model: every buyer is rescored "
+        "with the previous model and the run is flagged (status published_with_previous_model). "
+        "Does not deliver: see export.",
     )
     _add_accounts(refit)
     _add_as_of(refit)
@@ -226,10 +231,16 @@ def _cmd_run(args) -> int:
     project = Project(out, ProjectSettings(store=str(out / "store"), source=source), {account.account_id: account})
     summary = pipeline.refit(project, account.account_id, args.as_of, force=args.force)
     delivered = pipeline.export(project, account.account_id, args.as_of)
-    _print(args, [_refit_row(summary) | {"file": delivered["deliveries"][0]["path"]}],
-           ["account", "as_of", "buyers", "model", "fit_seconds", "segments", "quarantined", "file"],
-           "clv run")
+    rows = [_refit_row(summary) | {"file": delivered["deliveries"][0]["path"]}]
+    _print(args, rows if args.json else [_refit_display(row) for row in rows],
+           ["account", "as_of", "buyers", "model", "fit_seconds", "segments", "quarantined", *BACKTEST_COLUMNS,
+            "file"], "clv run")
+    _flag_kept_models(args, rows)
     return 0
+
+
+#: The refit table's backtest and gate columns (``--json`` has the whole dicts).
+BACKTEST_COLUMNS = ["purchase MAE (naive)", "agg. error", "P-Alive AUC", "gate"]
 
 
 def _refit_row(summary: dict) -> dict:
@@ -239,7 +250,56 @@ def _refit_row(summary: dict) -> dict:
         "segments": summary["segments"],
         "quarantined": summary["validation"]["rows_quarantined"],
         "run_id": summary["run_id"],
+        "status": summary.get("status", "published"),
+        "model_version": summary.get("model_version"),
+        "backtest": summary.get("backtest"),
+        "model_choice": summary.get("model_choice"),
+        "gate": summary.get("gate"),
     }
+
+
+def _number(value, pattern: str) -> str:
+    return "–" if value is None else format(value, pattern)
+
+
+def _refit_display(row: dict) -> dict:
+    """A refit row for the table: the backtest's headline numbers and the gate's verdict."""
+    shown = dict(row)
+    backtest = row.get("backtest") or {}
+    if "skipped" in backtest:
+        shown |= {"purchase MAE (naive)": f"skipped: {backtest['skipped']}"}
+    elif backtest:
+        model, naive = backtest["model"], backtest["naive"]
+        shown |= {
+            "purchase MAE (naive)":
+                f"{_number(model['purchases_mae'], '.3f')} ({_number(naive['purchases_mae'], '.3f')})",
+            "agg. error": f"{_number(model['purchases_error_pct'], '+.1f')} %",
+            "P-Alive AUC": _number(model["p_alive_auc"], ".3f"),
+        }
+    choice = row.get("model_choice") or {}
+    if choice.get("by") not in (None, "account setting"):
+        shown["model"] = f"{row['model']} (auto)"
+    gate = row.get("gate") or {}
+    if row.get("status") == "published_with_previous_model":
+        shown["gate"] = "FAILED: previous model kept"
+    else:
+        shown["gate"] = {True: "passed", False: "FAILED", None: "off"}[gate.get("passed")] if gate else ""
+    for key in ("backtest", "model_choice"):
+        shown.pop(key, None)
+    return shown
+
+
+def _flag_kept_models(args, rows: list[dict]) -> None:
+    """A visible flag under the table for every account that kept its previous model."""
+    if args.json:
+        return
+    for row in rows:
+        if row.get("status") == "published_with_previous_model":
+            console.print(
+                f"[bold yellow]WARNING[/] {row['account']}: the refit failed the quality gate; every buyer was "
+                f"rescored with the previous model {row['model_version']} (run status "
+                f"published_with_previous_model): {'; '.join(row['gate']['reasons'])}",
+                markup=True, highlight=False)
 
 
 def _cmd_eligibility(args) -> int:
@@ -268,8 +328,10 @@ def _cmd_refit(args) -> int:
     as_of = args.as_of or parse_as_of(None)
     rows = [_refit_row(pipeline.refit(project, a, as_of, force=args.force))
             for a in _account_ids(project, args.accounts)]
-    _print(args, rows, ["account", "as_of", "buyers", "model", "fit_seconds", "segments", "quarantined",
-                        "run_id"], "refit")
+    _print(args, rows if args.json else [_refit_display(row) for row in rows],
+           ["account", "as_of", "buyers", "model", "fit_seconds", "segments", "quarantined", *BACKTEST_COLUMNS,
+            "run_id"], "refit")
+    _flag_kept_models(args, rows)
     return 0
 
 

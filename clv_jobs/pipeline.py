@@ -1,7 +1,8 @@
 """The jobs, one function each, as the CLI and the Airflow DAGs call them.
 
 - :func:`check_eligibility` — the daily check; records it and activates the account.
-- :func:`refit` — validate → features → fit → score → segments → Datamodel → publish.
+- :func:`refit` — validate → features → fit (with its backtest, model choice and quality
+  gate) → score → segments → Datamodel → publish.
 - :func:`export` — deliver a published Datamodel to the account's destinations.
 
 Each takes explicit arguments (project, account id, as-of date), reads and writes only that
@@ -23,14 +24,15 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 import clv_jobs
-from clv_jobs import delivery, segments
+from clv_jobs import backtest, delivery, gate, segments
 from clv_jobs.asof import cutoff_utc
 from clv_jobs.datamodel import write_datamodel
 from clv_jobs.eligibility import EligibilityResult, evaluate, history_stats
-from clv_jobs.errors import InputError, NotEligibleError
-from clv_jobs.features import build_features, rfm_frame
+from clv_jobs.errors import InputError, ModelError, NotEligibleError
+from clv_jobs.features import TIME_UNIT_DAYS, build_features, rfm_frame
 from clv_jobs.model import FittedModels, fit_models, models_from_parameters, score_customers
 from clv_jobs.settings import AccountSettings, Project
 from clv_jobs.sources import connect, load_account, prepare_contacts
@@ -135,6 +137,7 @@ def score_account(
     models: FittedModels,
     account: AccountSettings,
     previous_segments: pd.Series | None = None,
+    time_unit: str | None = None,
 ) -> pd.DataFrame:
     """The run's full per-customer scores table: features, predictions, segments, groups.
 
@@ -146,10 +149,18 @@ def score_account(
     account : AccountSettings
     previous_segments : pandas.Series, optional
         Segment id by customer id from the previous run (for CLV_EVOLUTION).
+    time_unit : {"D", "W"}, optional
+        Time unit of the models' parameters when it is not the account's (a previous model
+        kept by the quality gate after the account changed ``time_unit``): ``recency`` and
+        ``T`` are converted for the models, the features table keeps its own.
     """
+    unit = time_unit or account.model.time_unit
+    rfm = rfm_frame(features)
+    if unit != account.model.time_unit:
+        factor = TIME_UNIT_DAYS[account.model.time_unit] / TIME_UNIT_DAYS[unit]
+        rfm = rfm.assign(recency=rfm["recency"] * factor, T=rfm["T"] * factor)
     predictions = score_customers(
-        models, rfm_frame(features), account.model.horizon_months, account.model.discount_rate,
-        account.model.time_unit,
+        models, rfm, account.model.horizon_months, account.model.discount_rate, unit,
     )
     table = features.copy()
     for column in ("p_alive", "churn", "expected_purchases", "expected_spend", "clv"):
@@ -269,25 +280,163 @@ def features(project: Project, run: dict) -> dict:
     return run | {"buyers": int(len(frame))}
 
 
+def _holdout_split(store: Store, run: dict, account: AccountSettings) -> backtest.HoldoutSplit:
+    """The run's clean orders (``work/transactions.parquet``) split for the backtest."""
+    con = connect()
+    try:
+        # Arrow, not pandas: DuckDB scans it in place (the orders are the run's largest table).
+        con.register("transactions", pq.read_table(_run_file(store, run, "work/transactions.parquet"),
+                                                   filesystem=store.fs, columns=["customer_id", "order_ts", "amount"]))
+        return backtest.split_history(con, dt.date.fromisoformat(run["as_of"]), account.timezone,
+                                      account.history_window_months, account.model.holdout_days,
+                                      account.model.time_unit)
+    finally:
+        con.close()
+
+
+def _previous_model(store: Store, account_id: str, previous: dict | None) -> dict | None:
+    """``model.json`` of the previous published run (what it scored with), with its run id."""
+    if previous is None:
+        return None
+    stored = store.read_json(store.run_path(account_id, dt.date.fromisoformat(previous["as_of"]),
+                                            previous["run_id"], "model.json"))
+    if not stored or "parameters" not in stored:
+        return None
+    return stored | {"run_id": previous["run_id"]}
+
+
+def _model_time_unit(stored: dict, default: str) -> str:
+    """Time unit of a stored model's parameters."""
+    return stored.get("time_unit") or stored.get("settings", {}).get("time_unit") or default
+
+
+def _previous_on_holdout(previous: dict, split: backtest.HoldoutSplit) -> dict:
+    """The previous published model's parameters scored on this run's holdout (a fair comparison)."""
+    record = {"run_id": previous["run_id"], "transaction_model": previous["model"],
+              "model_origin": previous.get("model_origin", previous["run_id"])}
+    try:
+        models = models_from_parameters(previous["model"], previous["parameters"])
+        metrics = backtest.score_holdout(models, split.in_unit(_model_time_unit(previous, split.time_unit)))
+    except Exception as exc:  # an unreadable previous model loses the comparison, not the refit
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        return record | {"error": f"{type(exc).__name__}: {first_line}"}
+    return record | {"metrics": metrics}
+
+
+#: Keys of ``model.json`` that describe a run, not its model (not carried to the next run).
+_RUN_KEYS = frozenset({"run_id", "settings", "fingerprint", "backtest", "model_choice", "stage_seconds", "gate",
+                       "rejected"})
+
+
 def fit(project: Project, run: dict) -> dict:
-    """Stage 3: fit the transaction and spend models; parameters and diagnostics to ``model.json``."""
+    """Stage 3: backtest (and choose) the model, fit it, pass it through the quality gate.
+
+    1. Backtest (:mod:`clv_jobs.backtest`): the history is split ``holdout_days`` before
+       the as-of date; the account's model (``auto``: each candidate) is fitted on the
+       calibration part and scored on the holdout, beside a naive baseline.
+    2. Fit the (chosen) model on the full history.
+    3. Quality gate (:mod:`clv_jobs.gate`, ``model.gate``). A fit that fails it is not
+       published: the previous published model's parameters go into ``model.json`` (the
+       score stage rescores every buyer with them; the run's status becomes
+       ``published_with_previous_model``) and the rejected fit is kept under
+       ``"rejected"``. A first model that fails it publishes nothing
+       (:class:`clv_jobs.gate.QualityGateError`).
+
+    ``model.json``: ``model, parameters, diagnostics, time_unit, model_origin`` (the run
+    whose fit the parameters are), ``settings, fingerprint, backtest, model_choice, gate,
+    stage_seconds`` and, for a rejected fit, ``rejected``.
+
+    Returns
+    -------
+    dict
+        ``run`` plus ``model`` (the model that scores), ``fit_seconds`` and ``gate_passed``.
+    """
     account = project.account(run["account"])
+    account_id = account.account_id
+    settings = account.model
     store = Store(project.store_uri)
+    checks = store.read_json(_run_file(store, run, "validation.json"))
     rfm = rfm_frame(store.read_parquet(_run_file(store, run, "work/features.parquet")))
-    name = account.model.transaction_model
-    with _step(account.account_id, f"fit {name} + gamma_gamma on {len(rfm)} buyers"):
+    seconds: dict[str, float] = {}
+
+    started = time.perf_counter()
+    with _step(account_id, f"backtest ({settings.transaction_model}, last {settings.holdout_days} days held out)"):
+        split = _holdout_split(store, run, account)
+        name, backtest_record, choice = backtest.run_backtest(split, settings)
+        previous = _previous_model(store, account_id, checks["previous_run"])
+        if previous is not None and "model" in backtest_record:
+            backtest_record["previous"] = _previous_on_holdout(previous, split)
+    seconds["backtest"] = round(time.perf_counter() - started, 2)
+    if "skipped" in backtest_record:
+        log.info("%s: backtest skipped: %s", account_id, backtest_record["skipped"])
+    else:
+        log.info("%s: backtest %s: purchase MAE %.4f (naive %.4f), aggregate %+.1f %%", account_id, name,
+                 backtest_record["model"]["purchases_mae"], backtest_record["naive"]["purchases_mae"],
+                 backtest_record["model"]["purchases_error_pct"] or 0.0)
+    del split
+
+    concrete = settings.model_copy(update={"transaction_model": name})
+    models, fit_error = None, None
+    with _step(account_id, f"fit {name} + gamma_gamma on {len(rfm)} buyers"):
         started = time.perf_counter()
-        models = fit_models(rfm, account.model)
-        seconds = time.perf_counter() - started
-    fingerprint = store.read_json(_run_file(store, run, "validation.json"))["fingerprint"]
-    store.write_json(_run_file(store, run, "model.json"), {
-        "model": name,
-        "parameters": models.parameters,
-        "diagnostics": models.diagnostics | {"fit_seconds": round(seconds, 2)},
-        "settings": account.model.model_dump(mode="json"),
-        "fingerprint": fingerprint,
+        try:
+            models = fit_models(rfm, concrete)
+        except ModelError as exc:
+            if not settings.gate.enabled:
+                raise
+            fit_error = str(exc)
+        seconds["fit"] = round(time.perf_counter() - started, 2)
+
+    if settings.gate.enabled:
+        with _step(account_id, "quality gate"):
+            started = time.perf_counter()
+            verdict = gate.evaluate(models, fit_error, rfm, concrete, backtest_record,
+                                    backtest_record.get("previous"))
+            seconds["gate"] = round(time.perf_counter() - started, 2)
+    else:
+        verdict = gate.GateResult(enabled=False, passed=True, reasons=[], checks={})
+
+    record = {
+        "settings": settings.model_dump(mode="json"),
+        "fingerprint": checks["fingerprint"],
+        "backtest": gate.json_safe(backtest_record),
+        "model_choice": gate.json_safe(choice),
+        "stage_seconds": seconds,
+    }
+    if verdict.passed:
+        store.write_json(_run_file(store, run, "model.json"), record | {
+            "model": name,
+            "parameters": models.parameters,
+            "diagnostics": models.diagnostics | {"fit_seconds": seconds["fit"]},
+            "time_unit": settings.time_unit,
+            "model_origin": run["run_id"],
+            "gate": verdict.as_dict(run["run_id"]) | ({} if verdict.enabled else {"passed": None}),
+        })
+        return run | {"model": name, "fit_seconds": seconds["fit"], "gate_passed": True}
+
+    rejected = {"model": name, "reasons": verdict.reasons, "error": fit_error,
+                "parameters": gate.json_safe(models.parameters) if models else None,
+                "diagnostics": gate.json_safe(models.diagnostics | {"fit_seconds": seconds["fit"]}) if models else None}
+    if previous is None:
+        store.write_json(_run_file(store, run, "model.json"),
+                         record | {"gate": verdict.as_dict(None), "rejected": rejected})
+        raise gate.QualityGateError(
+            f"account {account_id}: the {name} model fails the quality gate and there is no previous model "
+            f"to keep, so nothing was published: {'; '.join(verdict.reasons)}")
+    log.warning("%s: QUALITY GATE FAILED, the %s fit is not published; every buyer is rescored with the "
+                "previous model (%s of run %s): %s", account_id, name, previous["model"], previous["run_id"],
+                "; ".join(verdict.reasons))
+    # Everything that describes the previous model (parameters, diagnostics, whatever else
+    # its fit stored), none of what describes its run.
+    kept = {key: value for key, value in previous.items() if key not in _RUN_KEYS}
+    store.write_json(_run_file(store, run, "model.json"), record | kept | {
+        "diagnostics": previous.get("diagnostics", {}),
+        "time_unit": _model_time_unit(previous, settings.time_unit),
+        "model_origin": previous.get("model_origin", previous["run_id"]),
+        "gate": verdict.as_dict(previous["run_id"]),
+        "rejected": rejected,
     })
-    return run | {"model": name, "fit_seconds": round(seconds, 2)}
+    return run | {"model": previous["model"], "fit_seconds": seconds["fit"], "gate_passed": False}
 
 
 def score(project: Project, run: dict) -> dict:
@@ -299,7 +448,8 @@ def score(project: Project, run: dict) -> dict:
     previous = store.read_json(_run_file(store, run, "validation.json"))["previous_run"]
     with _step(account.account_id, "score and segment"):
         table = score_account(store.read_parquet(_run_file(store, run, "work/features.parquet")), models,
-                              account, _previous_segments(store, account.account_id, previous))
+                              account, _previous_segments(store, account.account_id, previous),
+                              time_unit=_model_time_unit(stored, account.model.time_unit))
     store.write_parquet(_run_file(store, run, "scores.parquet"), table)
     return run
 
@@ -346,16 +496,24 @@ def publish(project: Project, run: dict) -> dict:
     def counts(column: str) -> dict[str, int]:
         return {str(k): int(v) for k, v in sorted(table[column].value_counts().items())}
 
-    model_version = f"{stored['model']}@{run['run_id']}"
+    gate_record = stored.get("gate") or {}
+    kept_previous = gate_record.get("passed") is False
+    # The model version names the run whose fit scored this one (the previous run's when
+    # the gate kept it), so every score traces back to its parameters.
+    model_version = f"{stored['model']}@{stored.get('model_origin', run['run_id'])}"
     summary = {
         "account": account_id,
         "as_of": run["as_of"],
         "run_id": run["run_id"],
-        "status": "published",
+        "status": "published_with_previous_model" if kept_previous else "published",
         "model": stored["model"],
         "model_version": model_version,
         "buyers": int(len(table)),
-        "fit_seconds": stored["diagnostics"]["fit_seconds"],
+        "fit_seconds": stored.get("stage_seconds", {}).get("fit", stored["diagnostics"].get("fit_seconds")),
+        "backtest_seconds": stored.get("stage_seconds", {}).get("backtest"),
+        "backtest": stored.get("backtest"),
+        "model_choice": stored.get("model_choice"),
+        "gate": {key: gate_record.get(key) for key in ("enabled", "passed", "reasons", "model_used")},
         "segments": counts("segment_id"),
         "scores": counts("score_id"),
         "control_group": int((table["control_group"] == "CONTROL").sum()),
@@ -369,6 +527,9 @@ def publish(project: Project, run: dict) -> dict:
         "clv_jobs_version": clv_jobs.__version__,
     }
     store.write_json(_run_file(store, run, "summary.json"), summary)
+    if kept_previous:
+        log.warning("%s: run %s published with the previous model (%s): the quality gate rejected this "
+                    "refit: %s", account_id, run["run_id"], model_version, "; ".join(gate_record["reasons"]))
     store.publish_run(account_id, as_of, {"as_of": run["as_of"], "run_id": run["run_id"],
                                           "datamodel": summary["datamodel"], "model_version": model_version})
     store.remove(_run_file(store, run, "work"))

@@ -44,16 +44,31 @@ class AccountsFailed(ClvError):
     """Some accounts of an orchestrated run failed (the others completed)."""
 
 
+#: Row status of an account whose refit failed the quality gate: its buyers were rescored
+#: with the previous model and delivered, but the run is flagged (the report then fails).
+KEPT_PREVIOUS_MODEL = "published_with_previous_model"
+
+
 def _finish(title: str, rows: list[dict]) -> dict:
     for row in rows:
         log.info("%s | %-24s | %-10s | %s", title, row["account"], row["status"], row.get("detail", ""))
     failed = [row["account"] for row in rows if row["status"] == "failed"]
+    kept = [row["account"] for row in rows if row["status"] == KEPT_PREVIOUS_MODEL]
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     report = {"accounts": rows, "counts": counts}
+    problems = []
     if failed:
-        raise AccountsFailed(f"{title}: {len(failed)} of {len(rows)} account(s) failed: {', '.join(failed)}")
+        problems.append(f"{len(failed)} of {len(rows)} account(s) failed: {', '.join(failed)}")
+    if kept:
+        for account in kept:
+            log.warning("%s | %s: quality gate failed, published with the previous model", title, account)
+        problems.append(f"{len(kept)} of {len(rows)} account(s) published with the previous model because "
+                        f"their refit failed the quality gate (every buyer was still rescored and "
+                        f"delivered): {', '.join(kept)}")
+    if problems:
+        raise AccountsFailed(f"{title}: " + "; ".join(problems))
     return report
 
 
@@ -76,8 +91,10 @@ def eligibility_report(accounts: list[str], results: list[dict]) -> dict:
 def refit_report(project: Project, jobs: list[dict], dag_id: str, run_id: str) -> dict:
     """One row per planned account of a refit run, from the recorded outcomes and the store.
 
-    Status: ``delivered``, ``published`` (delivery off), ``skipped`` (not eligible),
-    ``failed`` (with the failing task and its error) or ``incomplete``.
+    Status: ``delivered``, ``published`` (delivery off), ``published_with_previous_model``
+    (the refit failed the quality gate: the previous model rescored every buyer, and the
+    Datamodel was built and delivered as usual; the report fails to flag it), ``skipped``
+    (not eligible), ``failed`` (with the failing task and its error) or ``incomplete``.
     """
     store = Store(project.store_uri)
     rows = []
@@ -92,6 +109,12 @@ def refit_report(project: Project, jobs: list[dict], dag_id: str, run_id: str) -
             row = {"status": "failed", "detail": f"{stage}: {outcome.get('error') or 'failed'}"}
         elif stages.get("validate", {}).get("state") == "skipped":
             row = {"status": "skipped", "detail": stages["validate"].get("error") or "not eligible"}
+        elif stages.get("publish", {}).get("state") == "success" and _kept_previous(store, account, published):
+            summary = _summary(store, account, published)
+            delivered = "delivered" if stages.get("export", {}).get("state") == "success" else "not delivered"
+            row = {"status": KEPT_PREVIOUS_MODEL,
+                   "detail": f"{published['run_id']} scored with {summary['model_version']} ({delivered}); "
+                             f"quality gate: {'; '.join(summary['gate']['reasons'])}"}
         elif stages.get("export", {}).get("state") == "success":
             row = {"status": "delivered", "detail": published["run_id"] if published else ""}
         elif stages.get("publish", {}).get("state") == "success":
@@ -101,3 +124,13 @@ def refit_report(project: Project, jobs: list[dict], dag_id: str, run_id: str) -
         rows.append({"account": account, "as_of": job["as_of"], **row,
                      "hosts": sorted({o["hostname"] for o in outcomes.values() if o.get("hostname")})})
     return _finish("refit", rows)
+
+
+def _summary(store: Store, account: str, pointer: dict) -> dict:
+    return store.read_json(store.run_path(account, dt.date.fromisoformat(pointer["as_of"]), pointer["run_id"],
+                                          "summary.json")) or {}
+
+
+def _kept_previous(store: Store, account: str, pointer: dict | None) -> bool:
+    """Whether the published run kept the previous model (quality gate failed)."""
+    return pointer is not None and _summary(store, account, pointer).get("status") == KEPT_PREVIOUS_MODEL

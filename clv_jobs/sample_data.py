@@ -1,10 +1,12 @@
 """Synthetic purchase data for demos, tests and benchmarks.
 
-Accounts are simulated from the two generative stories the CLV models assume, so a fit
+Accounts are simulated from the generative stories the CLV models assume, so a fit
 on the sample data should recover the parameters it was generated with:
 
 * purchases: the BG/NBD process (Fader, Hardie & Lee 2005, "Counting Your Customers the
-  Easy Way: An Alternative to the Pareto/NBD Model");
+  Easy Way: An Alternative to the Pareto/NBD Model"), the default, or the Pareto/NBD
+  process (Schmittlein, Morrison & Colombo 1987, "Counting Your Customers: Who Are They
+  and What Will They Do Next?"): ``SampleAccount(process="pareto_nbd")``;
 * spend per order: the Gamma-Gamma model (Fader, Hardie & Lee 2005, "RFM and CLV: Using
   Iso-Value Curves for Customer Base Analysis").
 
@@ -26,6 +28,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import duckdb
 import numpy as np
@@ -34,6 +37,7 @@ import pyarrow as pa
 
 __all__ = [
     "BAD_ROW_KINDS",
+    "PROCESSES",
     "SAMPLE_ACCOUNTS",
     "SampleAccount",
     "SampleData",
@@ -53,6 +57,9 @@ BAD_ROW_KINDS: tuple[str, ...] = (
 )
 
 _SECONDS_PER_DAY = 86_400
+
+#: Purchase processes :func:`simulate_account` can draw from.
+PROCESSES: tuple[str, ...] = ("bg_nbd", "pareto_nbd")
 
 # Shares of the extras. Bad rows: ~0.05 % of the orders per kind (at least 2), i.e. about
 # 0.35 % in total for 7 kinds, well under the default 1 % quarantine limit.
@@ -83,11 +90,11 @@ class SampleAccount:
         Customers' first purchases are spread uniformly over
         ``[as_of - history_days, as_of)``.
     r, alpha : float
-        BG/NBD purchase-rate heterogeneity: ``lambda ~ Gamma(shape=r, rate=alpha)``,
+        Purchase-rate heterogeneity (both processes): ``lambda ~ Gamma(shape=r, rate=alpha)``,
         with ``lambda`` in purchases per **day** (the defaults are CDNOW-like:
         r = 0.24, alpha = 4.4 weeks).
     a, b : float
-        BG/NBD dropout heterogeneity: ``p ~ Beta(a, b)``.
+        BG/NBD dropout heterogeneity: ``p ~ Beta(a, b)`` (``process="bg_nbd"`` only).
     p, q, v : float
         Gamma-Gamma spend: ``nu ~ Gamma(shape=q, rate=v)`` per customer and each order
         amount ``~ Gamma(shape=p, rate=nu)``; mean order amount ``p * v / (q - 1)``.
@@ -96,6 +103,15 @@ class SampleAccount:
         seed still get different customers.
     bad_rows : bool
         Inject a few bad rows of each kind in :data:`BAD_ROW_KINDS`.
+    process : {"bg_nbd", "pareto_nbd"}
+        The purchase process. ``bg_nbd`` (default): after each repeat purchase the
+        customer drops out with probability ``p``. ``pareto_nbd``: each customer lives an
+        exponential lifetime ``tau ~ Exponential(mu)`` from the first purchase, whatever
+        the purchases, and buys at rate ``lambda`` while alive.
+    s, beta : float
+        Pareto/NBD dropout heterogeneity: ``mu ~ Gamma(shape=s, rate=beta)``, ``mu`` per
+        **day** (``process="pareto_nbd"`` only; the defaults are CDNOW-like, s = 0.61 and
+        beta = 11.7 weeks).
     """
 
     account_id: str
@@ -110,8 +126,15 @@ class SampleAccount:
     v: float = 15.0
     seed: int = 0
     bad_rows: bool = True
+    process: Literal["bg_nbd", "pareto_nbd"] = "bg_nbd"
+    s: float = 0.6
+    beta: float = 12.0 * 7
 
     def __post_init__(self) -> None:
+        if self.process not in PROCESSES:
+            raise ValueError(
+                f"SampleAccount.process must be one of {', '.join(PROCESSES)}, got {self.process!r}"
+            )
         if not self.account_id:
             raise ValueError("SampleAccount.account_id must not be empty")
         if self.n_buyers < 1:
@@ -120,7 +143,7 @@ class SampleAccount:
             raise ValueError(
                 f"SampleAccount.history_days must be >= 1, got {self.history_days}"
             )
-        for name in ("r", "alpha", "a", "b", "p", "q", "v"):
+        for name in ("r", "alpha", "a", "b", "p", "q", "v", "s", "beta"):
             value = getattr(self, name)
             if not (np.isfinite(value) and value > 0):
                 raise ValueError(
@@ -157,7 +180,8 @@ class SampleData:
         merged_at``; one row per customer, buyers and non-buyers.
     truth : pandas.DataFrame
         The latent per-buyer parameters: ``customer_id, lam`` (purchases per day),
-        ``p_dropout, alive_at_as_of, first_purchase_ts, p_spend`` (Gamma-Gamma shape),
+        ``p_dropout`` (BG/NBD; ``mu``, the dropout rate per day, for Pareto/NBD),
+        ``alive_at_as_of, first_purchase_ts, p_spend`` (Gamma-Gamma shape),
         ``nu_spend`` (per-customer Gamma-Gamma rate), ``mean_spend`` (``p / nu``). Only
         real buyers, no rows for bad-row artefacts.
     """
@@ -246,6 +270,41 @@ def _simulate_bgnbd(
     return cust, t, alive, next_t
 
 
+def _simulate_pareto_nbd(
+    rng: np.random.Generator, lam: np.ndarray, mu: np.ndarray, first: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Repeat purchases of the Pareto/NBD process, in rounds (as :func:`_simulate_bgnbd`).
+
+    Each customer's lifetime, ``tau ~ Exponential(mu)``, starts at the first purchase;
+    while alive the customer buys as a Poisson process of rate ``lam``. Same returns as
+    :func:`_simulate_bgnbd`: ``alive`` is "lifetime not over at 0", ``next_t`` the first
+    purchase at or after 0 for customers who make one before dying (inf otherwise).
+    """
+    n = lam.size
+    # Gamma(s) can underflow to exactly 0 too: a tiny rate means "never drops out".
+    death = first + rng.exponential(1.0 / np.maximum(mu, 1e-300))
+    alive = death > 0.0
+    next_t = np.full(n, np.inf)
+    scale = 1.0 / np.maximum(lam, 1e-300)
+    active = np.arange(n)
+    cur = first.copy()
+    cust_parts: list[np.ndarray] = []
+    t_parts: list[np.ndarray] = []
+    while active.size:
+        t = cur[active] + rng.exponential(scale[active])
+        lives = t < death[active]  # a purchase after the end of the lifetime never happens
+        active, t = active[lives], t[lives]
+        beyond = t >= 0.0
+        next_t[active[beyond]] = t[beyond]
+        active, t = active[~beyond], t[~beyond]
+        cust_parts.append(active)
+        t_parts.append(t)
+        cur[active] = t
+    cust = np.concatenate(cust_parts) if cust_parts else np.empty(0, dtype=np.int64)
+    t = np.concatenate(t_parts) if t_parts else np.empty(0)
+    return cust, t, alive, next_t
+
+
 def simulate_account(account: SampleAccount, as_of: datetime.date) -> SampleData:
     """Simulate one account's transactions and contacts as of a date.
 
@@ -254,8 +313,8 @@ def simulate_account(account: SampleAccount, as_of: datetime.date) -> SampleData
     account : SampleAccount
         Size, history length, model parameters and seed.
     as_of : datetime.date
-        The as-of date D. Buyers' purchases before D 00:00 (UTC) follow BG/NBD and
-        Gamma-Gamma exactly; about 2 % extra orders fall in ``[D, D + 30 days)``
+        The as-of date D. Buyers' purchases before D 00:00 (UTC) follow the account's
+        process (BG/NBD or Pareto/NBD) and Gamma-Gamma exactly; about 2 % extra orders fall in ``[D, D + 30 days)``
         (orders of later runs, not errors).
 
     Returns
@@ -288,10 +347,14 @@ def simulate_account(account: SampleAccount, as_of: datetime.date) -> SampleData
 
     # --- latent parameters and the purchase process (days relative to D 00:00) -------
     lam = rng.gamma(account.r, 1.0 / account.alpha, n)
-    p_drop = rng.beta(account.a, account.b, n)
+    if account.process == "pareto_nbd":
+        dropout = ("mu", rng.gamma(account.s, 1.0 / account.beta, n))
+    else:  # the default keeps its random stream: same seed, same data as before
+        dropout = ("p_dropout", rng.beta(account.a, account.b, n))
     nu = rng.gamma(account.q, 1.0 / account.v, n)
     first = rng.uniform(-float(account.history_days), 0.0, n)
-    rep_cust, rep_t, alive, next_t = _simulate_bgnbd(rng, lam, p_drop, first)
+    simulate = _simulate_pareto_nbd if account.process == "pareto_nbd" else _simulate_bgnbd
+    rep_cust, rep_t, alive, next_t = simulate(rng, lam, dropout[1], first)
 
     # Seconds, floored: t < 0 stays strictly before D 00:00, t >= 0 stays on/after it.
     first_s = as_of_s + np.floor(first * _SECONDS_PER_DAY).astype(np.int64)
@@ -426,7 +489,7 @@ def simulate_account(account: SampleAccount, as_of: datetime.date) -> SampleData
             {
                 "customer_id": pd.Series(cust_id[:n], dtype="str"),
                 "lam": lam,
-                "p_dropout": p_drop,
+                dropout[0]: dropout[1],
                 "alive_at_as_of": alive,
                 "first_purchase_ts": _to_datetime(first_s),
                 "p_spend": np.full(n, float(account.p)),

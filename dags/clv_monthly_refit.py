@@ -12,6 +12,23 @@ delivery can be retried without a refit. An account that is no longer eligible i
 (it keeps its last model). One account's failure never blocks the others; `summary` runs
 after all of them, reports every account's outcome, and fails if any account failed.
 
+**Backtest, model choice, quality gate** (all in `fit`). Every refit first fits the
+account's model on its history minus the last `holdout_days` (90) and scores that holdout,
+beside a naive baseline (`model.json` and the run summary keep the figures; `auto` picks
+the model here). The fit on the full history must then pass the quality gate (converged,
+no parameter at a bound, finite predictions, MCMC r-hat/ESS, backtest no more than 10 %
+worse than the previous published model's on the same holdout).
+
+**`published_with_previous_model`: failed but non-blocking.** A refit that fails the gate
+is not published as the new model: `fit` succeeds, `score → datamodel → publish → export`
+rescore **every buyer with the previous run's parameters** and deliver the Datamodel as
+usual (the rejected fit is kept under `rejected` in `model.json`), and a WARNING is logged.
+`summary` lists such accounts with the gate's reasons and **fails at the end**, after every
+other account and stage has completed, so the run shows red and someone looks at the
+model. Nothing needs re-running: the delivered file is complete and correct for the
+previous model. A **first** model that fails the gate has nothing to fall back on: its
+`fit` task fails at once (no retry: the verdict would not change) and nothing is published.
+
 **Manual trigger parameters** (also how `clv_daily_eligibility` asks for a first refit)
 
 | param | meaning |
@@ -105,10 +122,16 @@ def clv_monthly_refit():
 
         @task(**ACCOUNT_TASK)
         def fit(run: dict) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
+
             from clv_jobs import pipeline
+            from clv_jobs.gate import QualityGateError
 
             label_account(run["account"])
-            return pipeline.fit(project(), run)
+            try:
+                return pipeline.fit(project(), run)
+            except QualityGateError as exc:  # a first model failing the gate: a retry would refit in vain
+                raise AirflowFailException(str(exc)) from exc
 
         @task(**ACCOUNT_TASK)
         def score(run: dict) -> dict:
@@ -148,7 +171,7 @@ def clv_monthly_refit():
 
     @task(trigger_rule="all_done")
     def summary(jobs: list[dict]) -> dict:
-        """Every account's outcome, read from the store; fails if any account failed."""
+        """Every account's outcome, read from the store; fails if any account failed or kept its previous model."""
         from clv_jobs.reporting import refit_report
 
         context = get_current_context()
