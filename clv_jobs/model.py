@@ -141,6 +141,9 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         Too little data, or a fit that fails or gives non-finite parameters.
     """
     name = settings.transaction_model
+    if settings.fit_method != "map":
+        raise ModelError(f"fit_method {settings.fit_method!r} (the Bayesian mode) is not available in this "
+                         "version yet; use fit_method: map")
     _spend_fit_rows(rfm)  # fail in milliseconds, not after a transaction fit, when too small
     try:
         started = time.perf_counter()

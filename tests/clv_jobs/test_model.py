@@ -388,3 +388,8 @@ def test_fit_models_on_unfittable_data_raises_model_error(rfm, cause, name):
     # The pymc / pymc-marketing exception is kept as the cause, not shown raw.
     assert info.value.__cause__ is not None
     assert not isinstance(info.value.__cause__, ModelError)
+
+
+def test_bayesian_mode_not_yet_available_is_a_clear_model_error():
+    with pytest.raises(ModelError, match="fit_method 'mcmc' .* not available in this version yet"):
+        fit_models(_rfm(20, 20), ModelSettings(fit_method="mcmc"))
