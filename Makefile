@@ -25,7 +25,8 @@ airflow: setup           ## local Airflow 3 (standalone, SQLite) on the DAGs and
 	scripts/airflow-local.sh
 
 lock:                    ## re-pin requirements.txt from the current venv
-	{ echo "# The lock: every package pinned, transitive ones included. Regenerate: make lock."; \
+	{ echo "# The lock: every package pinned, transitive ones included (pip freeze of a Python 3.12 venv)."; \
+	  echo "# Regenerate: make lock.  Airflow's constraints file cannot be downloaded here, so this is ours."; \
 	  $(VENV)/bin/pip freeze --exclude-editable | grep -viE "^clv-jobs=="; } > requirements.txt
 
 clean:

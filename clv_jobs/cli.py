@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", choices=["pareto_nbd", "bg_nbd", "mbg_nbd", "auto"], default="pareto_nbd",
                      help="Transaction model (default: pareto_nbd); auto: the best of the three on the "
                           "holdout backtest.")
+    run.add_argument("--fit-method", choices=["map", "mcmc"], default="map",
+                     help="map (default): maximum a posteriori, seconds; mcmc: the full posterior (NUTS, "
+                          "minutes), adding CLV P10/P50/P90 and P-Alive P10/P90 to the scores.")
     run.add_argument("--timezone", default="UTC", help="Account time zone, IANA name (default: UTC).")
     run.add_argument("--force", action="store_true", help="Fit even if the account is not eligible.")
 
@@ -225,7 +228,7 @@ def _cmd_run(args) -> int:
                          contacts=str(Path(args.contacts).resolve()) if args.contacts else None)
     account = parse_account({
         "account_id": args.account, "timezone": args.timezone,
-        "model": {"transaction_model": args.model},
+        "model": {"transaction_model": args.model, "fit_method": args.fit_method},
         "datamodel": {"destinations": [{"type": "local", "path": str(out)}]},
     }, origin="clv run options")
     project = Project(out, ProjectSettings(store=str(out / "store"), source=source), {account.account_id: account})

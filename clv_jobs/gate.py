@@ -44,7 +44,13 @@ import pandas as pd
 
 from clv_jobs.errors import ModelError
 from clv_jobs.features import TIME_UNIT_DAYS
-from clv_jobs.model import DAYS_PER_MONTH, SPEND_PARAMETERS, TRANSACTION_PARAMETERS, FittedModels
+from clv_jobs.model import (
+    DAYS_PER_MONTH,
+    SPEND_PARAMETERS,
+    TRANSACTION_PARAMETERS,
+    FittedModels,
+    models_from_parameters,
+)
 from clv_jobs.settings import ModelSettings, QualityGateSettings
 
 #: Parameters above or below these are absurd for any account (days or weeks alike).
@@ -272,6 +278,9 @@ def _prediction_problems(models: FittedModels, rfm: pd.DataFrame, settings: Mode
     from clv_jobs.backtest import model_predictions
 
     horizon = settings.horizon_months * DAYS_PER_MONTH / TIME_UNIT_DAYS[settings.time_unit]
+    if models.posterior:
+        # A Bayesian fit: at its posterior means (the score stage checks every draw's scores).
+        models = models_from_parameters(models.transaction_model, models.parameters)
     try:
         predicted = model_predictions(models, rfm, horizon)
     except Exception as exc:  # pymc raises many types; the message is what matters

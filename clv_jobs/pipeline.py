@@ -163,7 +163,8 @@ def score_account(
         models, rfm, account.model.horizon_months, account.model.discount_rate, unit,
     )
     table = features.copy()
-    for column in ("p_alive", "churn", "expected_purchases", "expected_spend", "clv"):
+    # A Bayesian fit's scores add the intervals (clv_p10 ... p_alive_p90).
+    for column in predictions.columns.drop("customer_id"):
         table[column] = predictions[column].to_numpy()
     table["segment_id"] = segments.assign_segments(
         table["freq_value"], table["rec_value"], table["days_btw_purchase"], table["tenure_days"],
@@ -315,6 +316,7 @@ def _previous_on_holdout(previous: dict, split: backtest.HoldoutSplit) -> dict:
     record = {"run_id": previous["run_id"], "transaction_model": previous["model"],
               "model_origin": previous.get("model_origin", previous["run_id"])}
     try:
+        # Point parameters (a Bayesian model's posterior means), as the backtest's own fit.
         models = models_from_parameters(previous["model"], previous["parameters"])
         metrics = backtest.score_holdout(models, split.in_unit(_model_time_unit(previous, split.time_unit)))
     except Exception as exc:  # an unreadable previous model loses the comparison, not the refit
@@ -411,7 +413,7 @@ def fit(project: Project, run: dict) -> dict:
             "time_unit": settings.time_unit,
             "model_origin": run["run_id"],
             "gate": verdict.as_dict(run["run_id"]) | ({} if verdict.enabled else {"passed": None}),
-        })
+        } | ({"posterior": models.posterior} if models.posterior else {}))
         return run | {"model": name, "fit_seconds": seconds["fit"], "gate_passed": True}
 
     rejected = {"model": name, "reasons": verdict.reasons, "error": fit_error,
@@ -444,7 +446,7 @@ def score(project: Project, run: dict) -> dict:
     account = project.account(run["account"])
     store = Store(project.store_uri)
     stored = store.read_json(_run_file(store, run, "model.json"))
-    models = models_from_parameters(stored["model"], stored["parameters"])
+    models = models_from_parameters(stored["model"], stored["parameters"], stored.get("posterior"))
     previous = store.read_json(_run_file(store, run, "validation.json"))["previous_run"]
     with _step(account.account_id, "score and segment"):
         table = score_account(store.read_parquet(_run_file(store, run, "work/features.parquet")), models,

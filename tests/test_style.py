@@ -14,6 +14,7 @@ def test_ruff_finds_nothing():
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent))
     if ruff is None:
         pytest.skip("ruff is not installed in this environment (it is in requirements.txt)")
-    result = subprocess.run([ruff, "check", "--output-format", "concise", "clv_jobs", "dags", "plugins", "tests"],
+    folders = ["clv_jobs", "dags", "plugins", "tests", "benchmarks"]
+    result = subprocess.run([ruff, "check", "--output-format", "concise", *folders],
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -390,6 +390,7 @@ def test_fit_models_on_unfittable_data_raises_model_error(rfm, cause, name):
     assert not isinstance(info.value.__cause__, ModelError)
 
 
-def test_bayesian_mode_not_yet_available_is_a_clear_model_error():
-    with pytest.raises(ModelError, match="fit_method 'mcmc' .* not available in this version yet"):
-        fit_models(_rfm(20, 20), ModelSettings(fit_method="mcmc"))
+def test_bayesian_mode_with_too_few_repeat_buyers_fails_before_sampling():
+    # The Bayesian mode itself is tested in test_bayes.py (slow: it samples).
+    with pytest.raises(ModelError, match=r"^only 0 repeat buyers with spend"):
+        fit_models(_rfm(50, 0), ModelSettings(fit_method="mcmc"))
