@@ -1,31 +1,11 @@
-"""Full-posterior (MCMC) fits of the Buy-Till-You-Die models, on weighted unique patterns.
+"""Full-posterior (MCMC) fits of the Buy-Till-You-Die models, and per-customer intervals.
 
-``fit_method: mcmc`` (see :func:`clv_jobs.model.fit_models`). The transaction models'
-likelihood depends on a customer only through ``(frequency, recency, T)``, and
-Gamma-Gamma's only through ``(frequency, monetary_value)``: customers sharing a pattern
-contribute the same log-likelihood. So the models are built on the distinct patterns,
-each pattern's log-likelihood multiplied by its number of customers. The posterior is
-exactly the per-customer model's (same priors, same likelihood, a sum in another order),
-and a million buyers (about 330,000 transaction patterns when recency and T are whole
-days) are sampled in minutes instead of hours.
-
-The models use pymc-marketing's own pieces, so they are its models:
-
-- BG/NBD and MBG/NBD: its distributions ``BetaGeoNBD`` / ``ModifiedBetaGeoNBD``
-  (``pm.logp`` per pattern, times the pattern's count);
-- Pareto/NBD: its ``ParetoNBD`` log-likelihood, term by term, with the two
-  hypergeometric terms evaluated once per distinct ``(frequency, recency)`` and
-  ``(frequency, T)`` pair instead of once per pattern (:func:`pareto_nbd_loglike`).
-  ``pt.hyp2f1``'s gradient is a series costing about 1 µs per evaluation near the
-  posterior; per pattern it made a 100,000-buyer fit take over 20 minutes;
-- Gamma-Gamma: ``GammaGammaModel.build_model``'s likelihood term, per pattern, times
-  the pattern's count;
-- priors: each model class's ``model_config`` (pymc-marketing's defaults, or
-  ``HalfFlat`` when ``priors: flat``), created with the same names and in the same order
-  as its ``build_model``.
-
-``tests/clv_jobs/test_bayes.py`` checks that each weighted model's MAP equals
-pymc-marketing's own MAP fit of the per-customer model.
+``fit_method: mcmc`` (see :func:`clv_jobs.model.fit_models`). The models are
+pymc-marketing's on weighted unique patterns (:mod:`clv_jobs.patterns`: each distinct
+``(frequency, recency, T)`` or ``(frequency, monetary_value)`` once, its log-likelihood
+times its number of customers): exactly the per-customer posterior, and a million buyers
+(about 330,000 transaction patterns when recency and T are whole days) are sampled in
+minutes instead of hours.
 
 Sampling is nutpie's NUTS (numba backend, low-rank mass-matrix adaptation), one process
 per chain so that chains run on separate cores, or PyMC's NUTS with ``sampler: pymc``.
@@ -48,12 +28,10 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from clv_jobs.patterns import pymc_model
 from clv_jobs.settings import McmcSettings
 
 log = logging.getLogger(__name__)
-
-TRANSACTION_KEYS = ["frequency", "recency", "T"]
-SPEND_KEYS = ["frequency", "monetary_value"]
 
 #: pymc-marketing's month length (``clv.utils._DAYS_PER_MONTH``).
 DAYS_PER_MONTH = 30.4375
@@ -61,223 +39,6 @@ DAYS_PER_MONTH = 30.4375
 #: Seed of the customers' latent draws behind the CLV intervals (fixed: reruns and rescores
 #: of a customer give the same interval).
 INTERVAL_SEED = 20_240_601
-
-
-# --- patterns --------------------------------------------------------------------------
-
-
-def transaction_patterns(rfm: pd.DataFrame) -> pd.DataFrame:
-    """Distinct ``(frequency, recency, T)`` with their number of customers (``count``)."""
-    patterns = rfm.groupby(TRANSACTION_KEYS, sort=True, dropna=False).size().rename("count").reset_index()
-    _check_transaction_patterns(patterns)  # here, so that no customer is silently left out
-    return patterns
-
-
-def spend_patterns(rfm: pd.DataFrame) -> pd.DataFrame:
-    """Distinct ``(frequency, monetary_value)`` of repeat buyers with a positive spend, counted."""
-    repeat = rfm.loc[(rfm["frequency"] > 0) & (rfm["monetary_value"] > 0), SPEND_KEYS]
-    return repeat.groupby(SPEND_KEYS, sort=True).size().rename("count").reset_index()
-
-
-# --- models ----------------------------------------------------------------------------
-
-
-def _model_class(name: str):
-    from pymc_marketing.clv import BetaGeoModel, GammaGammaModel, ModifiedBetaGeoModel, ParetoNBDModel
-
-    return {"pareto_nbd": ParetoNBDModel, "bg_nbd": BetaGeoModel, "mbg_nbd": ModifiedBetaGeoModel,
-            "gamma_gamma": GammaGammaModel}[name]
-
-
-def _model_config(name: str, priors: str) -> dict:
-    """The priors pymc-marketing's model class uses: its defaults, or flat on its parameters."""
-    from pymc_extras.prior import Prior
-
-    from clv_jobs.model import SPEND_PARAMETERS, TRANSACTION_PARAMETERS
-
-    names = SPEND_PARAMETERS if name == "gamma_gamma" else TRANSACTION_PARAMETERS[name]
-    config = None if priors == "default" else {parameter: Prior("HalfFlat") for parameter in names}
-    return _model_class(name)(model_config=config).model_config
-
-
-def _check_transaction_patterns(patterns: pd.DataFrame) -> None:
-    values = patterns[TRANSACTION_KEYS].to_numpy(dtype=float)
-    if not np.isfinite(values).all():
-        raise ValueError("frequency, recency and T must be finite")
-    x, t_x, T = values.T
-    if (x < 0).any() or (t_x < 0).any() or (t_x > T).any():
-        # pymc-marketing's distributions give these a log-likelihood of -inf.
-        raise ValueError("frequency and recency must be >= 0 and recency <= T")
-
-
-def pareto_nbd_loglike(r, alpha, s, beta, patterns: pd.DataFrame):
-    """Per-pattern log-likelihood of pymc-marketing's ``ParetoNBD`` distribution.
-
-    The expression of ``ParetoNBD.logp`` (pymc-marketing 1.3, Fader & Hardie 2005 eq. 22-23
-    rearranged for stability), regrouped so that its first hypergeometric term is computed
-    once per distinct ``(frequency, recency)`` and the second once per distinct
-    ``(frequency, T)``: about 35,000 pairs for 330,000 patterns of a million buyers.
-    Patterns are validated beforehand (the distribution's ``-inf`` branch for impossible
-    values is not needed) and the parameters are positive by their priors' support.
-
-    Returns
-    -------
-    pytensor.tensor.TensorVariable
-        Shape ``(len(patterns),)``, equal to ``pm.logp(ParetoNBD.dist(r, alpha, s, beta,
-        T), [recency, frequency])`` to rounding (checked by the tests).
-    """
-    import pytensor.tensor as pt
-
-    x = patterns["frequency"].to_numpy(dtype=float)
-    t_x = patterns["recency"].to_numpy(dtype=float)
-    T = patterns["T"].to_numpy(dtype=float)
-    xt_pairs, xt_index = np.unique(np.stack([x, t_x], axis=1), axis=0, return_inverse=True)
-    xT_pairs, xT_index = np.unique(np.stack([x, T], axis=1), axis=0, return_inverse=True)
-    xt_index, xT_index = xt_index.ravel(), xT_index.ravel()
-
-    cond = alpha >= beta
-    larger_param = pt.switch(cond, alpha, beta)
-    smaller_param = pt.switch(cond, beta, alpha)
-    param_diff = larger_param - smaller_param
-
-    # Terms of the (frequency, recency) pairs.
-    x_u, t_x_u = xt_pairs[:, 0], xt_pairs[:, 1]
-    rsx_u, rx_u = r + s + x_u, r + x_u
-    refactored_u = rsx_u * pt.log(larger_param + t_x_u)
-    hyp2f1_t1_u = pt.log(pt.hyp2f1(rsx_u, pt.switch(cond, s + 1, rx_u), rsx_u + 1,
-                                   param_diff / (larger_param + t_x_u)))
-    a1_u = pt.gammaln(rx_u) - pt.gammaln(r) + r * pt.log(alpha) + s * pt.log(beta) - refactored_u
-    a2_u = pt.log(s) - pt.log(rsx_u) + hyp2f1_t1_u
-    a3_u = pt.log(rx_u) - pt.log(rsx_u) + refactored_u
-
-    # Terms of the (frequency, T) pairs.
-    x_v, T_v = xT_pairs[:, 0], xT_pairs[:, 1]
-    rsx_v = r + s + x_v
-    hyp2f1_t2_v = (pt.log(pt.hyp2f1(rsx_v, pt.switch(cond, s, r + x_v + 1), rsx_v + 1,
-                                    param_diff / (larger_param + T_v)))
-                   - rsx_v * pt.log(larger_param + T_v))
-
-    a1 = a1_u[xt_index]
-    a2 = a2_u[xt_index]
-    a3 = a3_u[xt_index] + hyp2f1_t2_v[xT_index]
-    return a1 + pt.logaddexp(a2, a3)
-
-
-def transaction_pymc_model(name: str, patterns: pd.DataFrame, priors: str = "default"):
-    """A PyMC model of ``name`` on weighted patterns (see the module docstring).
-
-    Parameters
-    ----------
-    name : {"pareto_nbd", "bg_nbd", "mbg_nbd"}
-    patterns : pandas.DataFrame
-        :func:`transaction_patterns`: ``frequency, recency, T, count``.
-    priors : {"default", "flat"}
-
-    Returns
-    -------
-    pymc.Model
-        Variables named as in pymc-marketing's model (``r, alpha, s, beta``; ``r, alpha,
-        a, b``, the last two deterministics of ``phi_dropout, kappa_dropout`` under the
-        default priors); the likelihood is the potential ``loglike``.
-    """
-    import pymc as pm
-    import pytensor.tensor as pt
-    from pymc_marketing.clv.distributions import BetaGeoNBD, ModifiedBetaGeoNBD
-
-    _check_transaction_patterns(patterns)
-    config = _model_config(name, priors)
-    counts = patterns["count"].to_numpy(dtype=float)
-    with pm.Model() as model:
-        # The variables of pymc-marketing's build_model (no covariates), in its order.
-        alpha = config["alpha"].create_variable("alpha")
-        if name == "pareto_nbd":
-            beta = config["beta"].create_variable("beta")
-            r = config["r"].create_variable("r")
-            s = config["s"].create_variable("s")
-            loglike = pareto_nbd_loglike(r, alpha, s, beta, patterns)
-        else:
-            if "a" in config and "b" in config:
-                a = config["a"].create_variable("a")
-                b = config["b"].create_variable("b")
-            else:
-                phi_dropout = config["phi_dropout"].create_variable("phi_dropout")
-                kappa_dropout = config["kappa_dropout"].create_variable("kappa_dropout")
-                a = pm.Deterministic("a", phi_dropout * kappa_dropout)
-                b = pm.Deterministic("b", (1.0 - phi_dropout) * kappa_dropout)
-            r = config["r"].create_variable("r")
-            distribution = BetaGeoNBD if name == "bg_nbd" else ModifiedBetaGeoNBD
-            dist = distribution.dist(a=a, b=b, r=r, alpha=alpha, T=patterns["T"].to_numpy(dtype=float))
-            observed = patterns[["recency", "frequency"]].to_numpy(dtype=float)
-            loglike = pm.logp(dist, observed)
-        pm.Potential("loglike", pt.sum(counts * loglike))
-    return model
-
-
-def spend_pymc_model(patterns: pd.DataFrame, priors: str = "default"):
-    """Gamma-Gamma on weighted ``(frequency, monetary_value)`` patterns.
-
-    The likelihood term is ``GammaGammaModel.build_model``'s (Fader & Hardie 2013 eq. 1a:
-    the mean spend, ``nu`` marginalised), each pattern's term times its count.
-    """
-    import pymc as pm
-    import pytensor.tensor as pt
-
-    config = _model_config("gamma_gamma", priors)
-    z_mean = pt.as_tensor_variable(patterns["monetary_value"].to_numpy(dtype=float))
-    x = pt.as_tensor_variable(patterns["frequency"].to_numpy(dtype=float))
-    counts = pt.as_tensor_variable(patterns["count"].to_numpy(dtype=float))
-    with pm.Model() as model:
-        p = config["p"].create_variable("p")
-        q = config["q"].create_variable("q")
-        v = config["v"].create_variable("v")
-        pm.Potential(
-            "loglike",
-            pt.sum(
-                counts
-                * (
-                    pt.gammaln(p * x + q)
-                    - pt.gammaln(p * x)
-                    - pt.gammaln(q)
-                    + q * pt.log(v)
-                    + (p * x - 1) * pt.log(z_mean)
-                    + (p * x) * pt.log(x)
-                    - (p * x + q) * pt.log(x * z_mean + v)
-                )
-            ),
-        )
-    return model
-
-
-def _build(kind: str, patterns: pd.DataFrame, priors: str):
-    """``kind`` is a transaction model name or ``gamma_gamma``."""
-    if kind == "gamma_gamma":
-        return spend_pymc_model(patterns, priors)
-    return transaction_pymc_model(kind, patterns, priors)
-
-
-def find_map(model) -> dict[str, float]:
-    """MAP of a model built here, found as pymc-marketing's ``fit(method="map")`` does."""
-    import pymc as pm
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        point = pm.find_MAP(model=model, progressbar=False)
-    names = [rv.name for rv in model.free_RVs] + [det.name for det in model.deterministics]
-    return {name: float(point[name]) for name in names}
-
-
-def log_likelihood(kind: str, patterns: pd.DataFrame, values: dict[str, float]) -> float:
-    """Log-likelihood of the data (sum over customers) at parameter ``values``; no priors."""
-    model = _build(kind, patterns, "flat")  # flat priors: the free variables are the parameters
-    point = {}
-    for rv in model.free_RVs:
-        value = np.asarray(values[rv.name], dtype=float)
-        transform = model.rvs_to_transforms.get(rv)
-        if transform is not None:
-            value = transform.forward(value, *rv.owner.inputs).eval()
-        point[model.rvs_to_values[rv].name] = value
-    logp = model.compile_logp(vars=model.potentials, jacobian=False)
-    return float(logp(point))
 
 
 # --- sampling --------------------------------------------------------------------------
@@ -306,7 +67,7 @@ def _sample_nutpie_chain(kind: str, patterns: pd.DataFrame, priors: str, setting
     started = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        compiled = nutpie.compile_pymc_model(_build(kind, patterns, priors), backend="numba")
+        compiled = nutpie.compile_pymc_model(pymc_model(kind, patterns, priors), backend="numba")
         trace = nutpie.sample(compiled, draws=settings.draws, tune=settings.tune, chains=1, cores=1,
                               seed=_chain_seed(settings.seed, kind, chain), progress_bar=False,
                               adaptation="low_rank")
@@ -373,7 +134,7 @@ def _sample_pymc(models: list[tuple[str, pd.DataFrame]], priors: str, settings: 
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            trace = pm.sample(model=_build(kind, patterns, priors), draws=settings.draws, tune=settings.tune,
+            trace = pm.sample(model=pymc_model(kind, patterns, priors), draws=settings.draws, tune=settings.tune,
                               chains=settings.chains, cores=min(settings.chains, _cpus()),
                               random_seed=_chain_seed(settings.seed, kind, 0), progressbar=False,
                               compute_convergence_checks=False)

@@ -18,11 +18,11 @@ What happens then (the previous model rescores the account, or nothing is publis
 a first model) is :func:`clv_jobs.pipeline.fit`'s business; this module only judges.
 
 Why a convergence check of our own: pymc-marketing's MAP fit calls ``pymc.find_MAP``
-without ``return_raw``, so scipy's ``OptimizeResult`` (and its ``success`` flag) is dropped
-before it reaches us. :func:`map_convergence` checks the optimum itself instead: it
-rebuilds pymc-marketing's model on the same data with the same priors, puts the published
-parameters in, and takes the gradient and the Hessian (central differences of the
-gradient) of exactly the objective ``find_MAP`` maximises (the log-posterior without
+without ``return_raw``, so scipy's ``OptimizeResult`` (and its ``success`` flag) is never
+seen. :func:`map_convergence` checks the optimum itself instead: it takes the model on the
+same data with the same priors (:func:`clv_jobs.patterns.objective`, the fit's own
+objective), puts the published parameters in, and takes the gradient and the Hessian
+(central differences of the gradient) of exactly the objective ``find_MAP`` maximises (the log-posterior without
 Jacobian terms, in the unconstrained space the optimiser works in). At a maximum the
 Hessian is negative definite and the Newton step ``(-H)^-1 g`` is tiny. It is "tiny" when
 it moves no parameter by more than 0.1 % (log scale) **or** stays within a tenth of a
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -46,8 +45,6 @@ from clv_jobs.errors import ModelError
 from clv_jobs.features import TIME_UNIT_DAYS
 from clv_jobs.model import (
     DAYS_PER_MONTH,
-    SPEND_PARAMETERS,
-    TRANSACTION_PARAMETERS,
     FittedModels,
     models_from_parameters,
 )
@@ -97,31 +94,7 @@ def json_safe(value):
     return value
 
 
-# -- the pymc-marketing model of a fit, rebuilt from its parameters -------------------
-
-def _model_class(name: str):
-    from pymc_marketing.clv import BetaGeoModel, GammaGammaModel, ModifiedBetaGeoModel, ParetoNBDModel
-
-    return {"pareto_nbd": ParetoNBDModel, "bg_nbd": BetaGeoModel, "mbg_nbd": ModifiedBetaGeoModel,
-            "gamma_gamma": GammaGammaModel}[name]
-
-
-def _model_config(name: str, priors: str) -> dict | None:
-    """pymc-marketing's defaults, or flat priors (maximum likelihood), as ``fit_models`` uses."""
-    if priors == "default":
-        return None
-    from pymc_extras.prior import Prior
-
-    names = SPEND_PARAMETERS if name == "gamma_gamma" else TRANSACTION_PARAMETERS[name]
-    return {parameter: Prior("HalfFlat") for parameter in names}
-
-
-def _fit_rows(name: str, rfm: pd.DataFrame) -> pd.DataFrame:
-    if name == "gamma_gamma":
-        return rfm.loc[(rfm["frequency"] > 0) & (rfm["monetary_value"] > 0),
-                       ["customer_id", "frequency", "monetary_value"]]
-    return rfm[["customer_id", "frequency", "recency", "T"]]
-
+# -- the objective of a fit, at its published parameters ------------------------------
 
 def _free_values(parameters: dict[str, float], free_names: list[str]) -> dict[str, float]:
     """The model's free variables from published parameters.
@@ -142,63 +115,17 @@ def _free_values(parameters: dict[str, float], free_names: list[str]) -> dict[st
     return values
 
 
-class _Objective:
-    """``find_MAP``'s objective for a model of ``name`` on ``rfm``, in the unconstrained space."""
-
-    def __init__(self, name: str, rfm: pd.DataFrame, priors: str):
-        from pymc.blocking import DictToArrayBijection, RaveledVars
-
-        clv_model = _model_class(name)(model_config=_model_config(name, priors))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            clv_model.build_model(_fit_rows(name, rfm))
-        model = clv_model.model
-        self.model = model
-        self.free = [(rv, model.rvs_to_values[rv], model.rvs_to_transforms.get(rv)) for rv in model.free_RVs]
-        self._raveled = RaveledVars
-        self._bijection = DictToArrayBijection
-        self._dlogp = model.compile_dlogp([rv for rv, _, _ in self.free], jacobian=False)
-
-    def point(self, values: dict[str, float]) -> dict[str, np.ndarray]:
-        """Unconstrained value-variable point of constrained ``values``."""
-        point = {}
-        for rv, value_var, transform in self.free:
-            value = np.asarray(values[rv.name], dtype=float)
-            if transform is not None:
-                value = np.asarray(transform.forward(value, *rv.owner.inputs).eval(), dtype=float)
-            point[value_var.name] = value
-        return point
-
-    def support(self) -> dict[str, tuple[float, float]]:
-        """Lower and upper bound of each free variable (the transforms' limits)."""
-        bounds = {}
-        for rv, _, transform in self.free:
-            if transform is None:
-                bounds[rv.name] = (-math.inf, math.inf)
-                continue
-            low, high = (float(np.asarray(transform.backward(np.array(x), *rv.owner.inputs).eval()))
-                         for x in (-700.0, 700.0))
-            bounds[rv.name] = (low, high if high < 1e300 else math.inf)
-        return bounds
-
-    def gradient_and_hessian(self, point: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Gradient and (central-difference) Hessian of the objective at ``point``."""
-        x0 = self._bijection.map(point)
-        info = x0.point_map_info
-
-        def gradient(x: np.ndarray) -> np.ndarray:
-            return np.asarray(self._dlogp(self._bijection.rmap(self._raveled(x, info), start_point=point)), dtype=float)
-
-        x = np.asarray(x0.data, dtype=float)
-        g = gradient(x)
-        hessian = np.empty((x.size, x.size))
-        for i in range(x.size):
-            step = 1e-5 * max(1.0, abs(x[i]))
-            up, down = x.copy(), x.copy()
-            up[i] += step
-            down[i] -= step
-            hessian[:, i] = (gradient(up) - gradient(down)) / (2 * step)
-        return g, (hessian + hessian.T) / 2
+def _gradient_and_hessian(target, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Gradient and (central-difference) Hessian of ``target``'s log-posterior at ``x``."""
+    g = target.logp_and_gradient(x)[1]
+    hessian = np.empty((x.size, x.size))
+    for i in range(x.size):
+        step = 1e-5 * max(1.0, abs(x[i]))
+        up, down = x.copy(), x.copy()
+        up[i] += step
+        down[i] -= step
+        hessian[:, i] = (target.logp_and_gradient(up)[1] - target.logp_and_gradient(down)[1]) / (2 * step)
+    return g, (hessian + hessian.T) / 2
 
 
 def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, priors: str) -> dict:
@@ -221,15 +148,18 @@ def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, 
         ``max_abs_gradient``, ``concave`` (Hessian negative definite), and ``support``
         (each free variable's value and bounds, for the bound check).
     """
-    objective = _Objective(name, rfm, priors)
-    free_names = [rv.name for rv, _, _ in objective.free]
+    from clv_jobs import patterns
+
+    target = patterns.objective(name, priors)  # the fit's own objective (compiled once per process)
+    target.set_data(patterns.patterns_of(name, rfm))
+    free_names = [rv.name for rv in target.model.free_RVs]
     values = _free_values(parameters, free_names)
-    support = objective.support()
+    support = target.support()
     record = {"support": {k: {"value": values[k], "lower": support[k][0], "upper": support[k][1]}
                           for k in free_names}}
     if not all(np.isfinite(v) for v in values.values()):
         return record | {"converged": False, "detail": "non-finite parameters"}
-    g, hessian = objective.gradient_and_hessian(objective.point(values))
+    g, hessian = _gradient_and_hessian(target, target.unconstrained(values))
     if not (np.isfinite(g).all() and np.isfinite(hessian).all()):
         return record | {"converged": False, "detail": "non-finite gradient at the published point"}
     eigenvalues = np.linalg.eigvalsh(-hessian)

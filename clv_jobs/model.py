@@ -66,24 +66,6 @@ def _model_config(parameter_names: tuple[str, ...], priors: str) -> dict | None:
     return {name: Prior("HalfFlat") for name in parameter_names}
 
 
-def _log_likelihood(clv_model) -> float:
-    """Log-likelihood of the data at the fitted point (priors and Jacobians left out)."""
-    pymc_model = clv_model.model
-    posterior = clv_model.fit_result
-    point = {}
-    for rv in pymc_model.free_RVs:
-        value = np.asarray(posterior[rv.name].values).squeeze()
-        value_var = pymc_model.rvs_to_values[rv]
-        transform = pymc_model.rvs_to_transforms.get(rv)
-        if transform is not None:
-            value = transform.forward(value, *rv.owner.inputs).eval()
-        point[value_var.name] = value
-    logp = pymc_model.compile_logp(
-        vars=[*pymc_model.observed_RVs, *pymc_model.potentials], jacobian=False
-    )
-    return float(logp(point))
-
-
 def _parameters(clv_model, names: tuple[str, ...]) -> dict[str, float]:
     posterior = clv_model.fit_result
     return {name: float(np.asarray(posterior[name].values).mean()) for name in names}
@@ -105,7 +87,11 @@ class FittedModels:
 
 
 def fit_transaction_model(rfm: pd.DataFrame, name: str, priors: str = "default"):
-    """Fit one pymc-marketing transaction model by MAP.
+    """Fit one pymc-marketing transaction model by MAP, on weighted unique patterns.
+
+    The MAP of pymc-marketing's model (same priors, likelihood and optimiser as its
+    ``fit(method="map")``) computed on the distinct ``(frequency, recency, T)`` with
+    their counts (:mod:`clv_jobs.patterns`): the same optimum, in far fewer terms.
 
     Parameters
     ----------
@@ -116,15 +102,15 @@ def fit_transaction_model(rfm: pd.DataFrame, name: str, priors: str = "default")
 
     Returns
     -------
-    pymc_marketing.clv.CLVModel
-        The fitted model.
+    (pymc_marketing.clv.CLVModel, patterns.MapFit)
+        The model carrying the MAP point (its predictive methods are pymc-marketing's),
+        and the fit.
     """
-    model = _model_class(name)(model_config=_model_config(TRANSACTION_PARAMETERS[name], priors))
-    with warnings.catch_warnings():
-        # T=0 (first purchase on the last day) is legitimate here: warned once per fit otherwise.
-        warnings.simplefilter("ignore", UserWarning)
-        model.fit(rfm[["customer_id", "frequency", "recency", "T"]], method="map", progressbar=False)
-    return model
+    from clv_jobs import patterns
+
+    fit = patterns.find_map(name, patterns.transaction_patterns(rfm), priors)
+    point = {p: fit.parameters[p] for p in TRANSACTION_PARAMETERS[name]}
+    return _with_posterior(_model_class(name), point), fit
 
 
 def _spend_fit_rows(rfm: pd.DataFrame) -> pd.DataFrame:
@@ -140,13 +126,19 @@ def _spend_fit_rows(rfm: pd.DataFrame) -> pd.DataFrame:
 
 
 def fit_spend_model(rfm: pd.DataFrame, priors: str = "default"):
-    """Fit Gamma-Gamma on repeat buyers with a positive mean repeat spend."""
+    """Fit Gamma-Gamma by MAP on repeat buyers with a positive mean repeat spend (as patterns).
+
+    Returns
+    -------
+    (pymc_marketing.clv.GammaGammaModel, patterns.MapFit)
+    """
     from pymc_marketing.clv import GammaGammaModel
 
+    from clv_jobs import patterns
+
     repeat = _spend_fit_rows(rfm)
-    model = GammaGammaModel(model_config=_model_config(SPEND_PARAMETERS, priors))
-    model.fit(repeat, method="map", progressbar=False)
-    return model
+    fit = patterns.find_map("gamma_gamma", patterns.spend_patterns(repeat), priors)
+    return _with_posterior(GammaGammaModel, {p: fit.parameters[p] for p in SPEND_PARAMETERS}), fit
 
 
 def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
@@ -163,10 +155,10 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         return _fit_mcmc(rfm, settings)
     try:
         started = time.perf_counter()
-        transaction = fit_transaction_model(rfm, name, settings.priors)
+        transaction, transaction_fit = fit_transaction_model(rfm, name, settings.priors)
         transaction_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        spend = fit_spend_model(rfm, settings.priors)
+        spend, spend_fit = fit_spend_model(rfm, settings.priors)
         spend_seconds = time.perf_counter() - started
     except ModelError:
         raise
@@ -187,8 +179,8 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         "repeat_buyers": int((rfm["frequency"] > 0).sum()),
         "priors": settings.priors,
         "time_unit": settings.time_unit,
-        "transaction_log_likelihood": _log_likelihood(transaction),
-        "spend_log_likelihood": _log_likelihood(spend),
+        "transaction_log_likelihood": transaction_fit.log_likelihood,
+        "spend_log_likelihood": spend_fit.log_likelihood,
         "transaction_fit_seconds": round(transaction_seconds, 3),
         "spend_fit_seconds": round(spend_seconds, 3),
     }
@@ -203,14 +195,14 @@ def _fit_mcmc(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
     diagnostics add ``r_hat_max`` and ``ess_bulk_min`` over every sampled variable of both
     models, ``divergences``, ``sampler``, ``chains``, ``draws``.
     """
-    from clv_jobs import bayes
+    from clv_jobs import bayes, patterns
 
     name = settings.transaction_model
     mcmc = settings.mcmc
     started = time.perf_counter()
     try:
-        transaction_patterns = bayes.transaction_patterns(rfm)
-        spend_patterns = bayes.spend_patterns(rfm)
+        transaction_patterns = patterns.transaction_patterns(rfm)
+        spend_patterns = patterns.spend_patterns(rfm)
         transaction_post, spend_post = bayes.sample_posteriors(
             [(name, transaction_patterns), ("gamma_gamma", spend_patterns)], settings.priors, mcmc
         )
@@ -244,8 +236,8 @@ def _fit_mcmc(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         "repeat_buyers": int((rfm["frequency"] > 0).sum()),
         "priors": settings.priors,
         "time_unit": settings.time_unit,
-        "transaction_log_likelihood": bayes.log_likelihood(name, transaction_patterns, parameters[name]),
-        "spend_log_likelihood": bayes.log_likelihood("gamma_gamma", spend_patterns, parameters["gamma_gamma"]),
+        "transaction_log_likelihood": patterns.log_likelihood(name, transaction_patterns, parameters[name]),
+        "spend_log_likelihood": patterns.log_likelihood("gamma_gamma", spend_patterns, parameters["gamma_gamma"]),
         "transaction_fit_seconds": round(sum(transaction_post.chain_seconds), 3),
         "spend_fit_seconds": round(sum(spend_post.chain_seconds), 3),
         "fit_method": "mcmc",

@@ -246,9 +246,9 @@ def validate(
                "previous_run": previous["run_id"] if previous else None}
         with _step(account_id, "keep clean orders"):
             store.write_parquet(_run_file(store, run, "work/transactions.parquet"),
-                                con.execute("SELECT * FROM transactions").df())
+                                con.sql("SELECT * FROM transactions").to_arrow_table())
             store.write_parquet(_run_file(store, run, "work/contacts.parquet"),
-                                con.execute("SELECT * FROM contacts").df())
+                                con.sql("SELECT * FROM contacts").to_arrow_table())
             store.write_parquet(_run_file(store, run, "quarantine.parquet"), quarantined_rows(con))
         store.write_json(_run_file(store, run, "validation.json"), {
             "fingerprint": fingerprint,
@@ -268,7 +268,7 @@ def features(project: Project, run: dict) -> dict:
     store = Store(project.store_uri)
     con = connect()
     try:
-        con.register("transactions", store.read_parquet(_run_file(store, run, "work/transactions.parquet")))
+        con.register("transactions", store.read_arrow(_run_file(store, run, "work/transactions.parquet")))
         with _step(account.account_id, "features"):
             frame = build_features(con, dt.date.fromisoformat(run["as_of"]), account.timezone,
                                    account.history_window_months, account.model.time_unit)
@@ -466,7 +466,7 @@ def datamodel(project: Project, run: dict) -> dict:
     file_name = account.datamodel_file_name(as_of)
     con = connect()
     try:
-        con.register("contacts", store.read_parquet(_run_file(store, run, "work/contacts.parquet")))
+        con.register("contacts", store.read_arrow(_run_file(store, run, "work/contacts.parquet")))
         with tempfile.TemporaryDirectory(prefix="clv-") as workdir, _step(account.account_id, "Datamodel"):
             local_file = Path(workdir) / file_name
             written = write_datamodel(

@@ -189,15 +189,22 @@ class Store:
         except FileNotFoundError:  # one GET instead of HEAD + GET on S3
             return None
 
-    def write_parquet(self, path: str, frame: pd.DataFrame) -> None:
-        """A DataFrame as Parquet (zstd)."""
+    def write_parquet(self, path: str, frame: pd.DataFrame | pa.Table) -> None:
+        """A DataFrame or Arrow table as Parquet (zstd)."""
         buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False, compression="zstd")
+        if isinstance(frame, pa.Table):
+            pq.write_table(frame, buffer, compression="zstd")
+        else:
+            frame.to_parquet(buffer, index=False, compression="zstd")
         self.write_bytes(path, buffer.getvalue())
 
     def read_parquet(self, path: str, columns: list[str] | None = None) -> pd.DataFrame:
         """A Parquet object as a DataFrame."""
-        return pq.read_table(path, filesystem=self.fs, columns=columns).to_pandas()
+        return self.read_arrow(path, columns).to_pandas()
+
+    def read_arrow(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """A Parquet object as an Arrow table (DuckDB scans it in place, no pandas copy)."""
+        return pq.read_table(path, filesystem=self.fs, columns=columns)
 
     def upload(self, local_path: str, path: str) -> None:
         """Copy a local file into the store (streamed: one PUT, or a multipart upload)."""

@@ -1,13 +1,15 @@
 """Tests for the Bayesian mode (``fit_method: mcmc``): clv_jobs.bayes and its use in clv_jobs.model.
 
-1. The weighted-pattern models are pymc-marketing's models: on CDNOW their MAP equals
-   pymc-marketing's own MAP fit of the per-customer model (default and flat priors), and
-   the factorised Pareto/NBD log-likelihood equals its ``ParetoNBD`` distribution's.
-2. A full-posterior fit of simulated BG/NBD + Gamma-Gamma data converges (R-hat, ESS,
+(That the weighted-pattern models are pymc-marketing's is tests/clv_jobs/test_patterns.py.)
+
+1. A full-posterior fit of simulated BG/NBD + Gamma-Gamma data converges (R-hat, ESS,
    no divergence), and its per-customer CLV intervals are calibrated: the simulated
    customers' true CLV falls in their P10-P90 interval as often as the model says.
-3. Intervals are ordered and centred; a model rebuilt from ``model.json`` scores exactly
+2. Intervals are ordered and centred; a model rebuilt from ``model.json`` scores exactly
    as the fitting process; MAP mode is unchanged.
+3. A Bayesian refit through the pipeline: intervals and posterior published, r-hat and
+   ESS gated (a failing fit keeps the previous posterior, a failing first one publishes
+   nothing).
 
 Tests that sample or optimise are ``slow`` (about a minute in all on two cores).
 """
@@ -23,7 +25,7 @@ import pandas as pd
 import pytest
 from numpy.testing import assert_allclose
 
-from clv_jobs import bayes, features
+from clv_jobs import bayes, features, patterns
 from clv_jobs.model import (
     DAYS_PER_MONTH,
     INTERVAL_COLUMNS,
@@ -33,8 +35,6 @@ from clv_jobs.model import (
     _flat_draws,
     _values,
     fit_models,
-    fit_spend_model,
-    fit_transaction_model,
     models_from_parameters,
     score_customers,
 )
@@ -42,75 +42,7 @@ from clv_jobs.sample_data import SampleAccount, simulate_account
 from clv_jobs.settings import McmcSettings, ModelSettings
 from tests.clv_jobs.helpers import orders_session
 
-# Both fits run scipy's L-BFGS-B from the same start on the same objective, summed in
-# another order: they agree to ~1e-11 (measured). 1e-6 is far below any statistical
-# precision on CDNOW (posterior SDs are 5-15 %) and far above that rounding; a model that
-# is not the same (counts ignored, one prior missing) moves the MAP by 1e-2 or more.
-MAP_RTOL = 1e-6
-
-
-# --- 1. the weighted models are pymc-marketing's ---------------------------------------
-
-
-def _pymc_marketing_map(rfm: pd.DataFrame, name: str, priors: str) -> dict[str, float]:
-    if name == "gamma_gamma":
-        fitted, names = fit_spend_model(rfm, priors), SPEND_PARAMETERS
-    else:
-        fitted, names = fit_transaction_model(rfm, name, priors), TRANSACTION_PARAMETERS[name]
-    return {p: float(np.asarray(fitted.fit_result[p].values).squeeze()) for p in names}
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("name", "priors"),
-    [("bg_nbd", "default"), ("bg_nbd", "flat"), ("gamma_gamma", "default"), ("gamma_gamma", "flat"),
-     ("pareto_nbd", "default"), ("mbg_nbd", "default")],
-)
-def test_weighted_pattern_map_equals_pymc_marketing_map_on_cdnow(cdnow_rfm, name, priors):
-    if name == "gamma_gamma":
-        patterns = bayes.spend_patterns(cdnow_rfm)
-        model = bayes.spend_pymc_model(patterns, priors)
-    else:
-        patterns = bayes.transaction_patterns(cdnow_rfm)
-        model = bayes.transaction_pymc_model(name, patterns, priors)
-    # Fewer patterns than customers (far fewer for the transaction models: mean spends are
-    # nearly unique), and the counts add up to the customers fitted.
-    fitted_rows = (cdnow_rfm["frequency"] > 0).sum() if name == "gamma_gamma" else len(cdnow_rfm)
-    assert patterns["count"].sum() == fitted_rows
-    assert len(patterns) < (fitted_rows if name == "gamma_gamma" else 0.5 * fitted_rows)
-
-    ours = bayes.find_map(model)
-    reference = _pymc_marketing_map(cdnow_rfm, name, priors)
-    assert {p: ours[p] for p in reference} == pytest.approx(reference, rel=MAP_RTOL)
-
-
-@pytest.mark.slow
-def test_factorised_pareto_nbd_loglike_equals_pymc_marketing_distribution(cdnow_rfm):
-    import pymc as pm
-    import pytensor.tensor as pt
-    from pymc_marketing.clv.distributions import ParetoNBD
-
-    patterns = bayes.transaction_patterns(cdnow_rfm)
-    rng = np.random.default_rng(7)
-    # alpha > beta and alpha < beta take the two branches of the distribution's formula.
-    for r, alpha, s, beta in [(0.55, 10.6, 0.61, 11.7), (0.3, 40.0, 1.5, 2.0), *rng.uniform(0.1, 50, (3, 4))]:
-        ours = bayes.pareto_nbd_loglike(*map(pt.as_tensor, (r, alpha, s, beta)), patterns).eval()
-        dist = ParetoNBD.dist(r=r, alpha=alpha, s=s, beta=beta, T=patterns["T"].to_numpy())
-        reference = pm.logp(dist, patterns[["recency", "frequency"]].to_numpy()).eval()
-        assert_allclose(ours, reference, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["bg_nbd", "pareto_nbd"])
-def test_weighted_log_likelihood_is_the_sum_over_customers(cdnow_fit, cdnow_rfm, name):
-    fitted = cdnow_fit(name)  # pymc-marketing's MAP fit, per customer, flat priors
-    ours = bayes.log_likelihood(name, bayes.transaction_patterns(cdnow_rfm), fitted.parameters[name])
-    assert ours == pytest.approx(fitted.diagnostics["transaction_log_likelihood"], rel=1e-10)
-    spend = bayes.log_likelihood("gamma_gamma", bayes.spend_patterns(cdnow_rfm), fitted.parameters["gamma_gamma"])
-    assert spend == pytest.approx(fitted.diagnostics["spend_log_likelihood"], rel=1e-10)
-
-
-# --- 2. a full-posterior fit of simulated data -----------------------------------------
+# --- 1. a full-posterior fit of simulated data -----------------------------------------
 
 SIM_AS_OF = dt.date(2025, 6, 1)
 SIM_TRUTH = {"r": 0.25, "alpha": 28.0, "a": 0.8, "b": 2.4, "p": 6.0, "q": 3.8, "v": 15.0}
@@ -295,14 +227,14 @@ def test_discounted_intervals_shrink_with_the_discount(bayes_fit, bayes_scores, 
     assert discounted["clv"].sum() < undiscounted["clv"].sum()
 
 
-# --- 3. sampling is seeded; MAP mode is unchanged --------------------------------------
+# --- 2. sampling is seeded; MAP mode is unchanged --------------------------------------
 
 
 @pytest.mark.slow
 def test_chain_in_a_subprocess_gives_the_same_draws_as_in_process(cdnow_rfm, tmp_path):
-    patterns = bayes.spend_patterns(cdnow_rfm)
+    spend = patterns.spend_patterns(cdnow_rfm)
     settings = McmcSettings(draws=100, tune=100, chains=1, seed=5)
-    job = ("gamma_gamma", patterns, "default", settings, 0)
+    job = ("gamma_gamma", spend, "default", settings, 0)
     here, divergences, _ = bayes._sample_nutpie_chain(*job)
     there, divergences_there, _ = bayes._run_chain_in_subprocess(job, str(tmp_path), 0)
     for name in ("p", "q", "v"):
@@ -313,7 +245,7 @@ def test_chain_in_a_subprocess_gives_the_same_draws_as_in_process(cdnow_rfm, tmp
 @pytest.mark.slow
 def test_pymc_sampler_is_available(cdnow_rfm):
     settings = McmcSettings(sampler="pymc", draws=200, tune=200, chains=2, seed=1)
-    (posterior,) = bayes.sample_posteriors([("gamma_gamma", bayes.spend_patterns(cdnow_rfm))], "default", settings)
+    (posterior,) = bayes.sample_posteriors([("gamma_gamma", patterns.spend_patterns(cdnow_rfm))], "default", settings)
     assert dict(posterior.draws.sizes) == {"chain": 2, "draw": 200}
     means = {p: float(posterior.draws[p].mean()) for p in ("p", "q", "v")}
     # Gamma-Gamma on CDNOW with the default priors: MAP p, q, v = 4.29, 3.65, 22.5.
@@ -351,21 +283,7 @@ def test_map_mode_scores_are_unchanged(cdnow_fit, cdnow_rfm):
     pd.testing.assert_frame_equal(scores, before, check_exact=True)
 
 
-# --- 4. fast checks ----------------------------------------------------------------------
-
-
-def test_patterns_count_customers_and_reject_impossible_histories():
-    rfm = pd.DataFrame({"customer_id": list("abcdef"), "frequency": [0, 0, 2, 2, 2, 1],
-                        "recency": [0.0, 0.0, 5.0, 5.0, 5.0, 3.0], "T": [9.0, 9.0, 20.0, 20.0, 20.0, 4.0],
-                        "monetary_value": [0.0, 0.0, 10.0, 10.0, 12.5, 0.0]})
-    patterns = bayes.transaction_patterns(rfm)
-    assert patterns.to_dict("list") == {"frequency": [0, 1, 2], "recency": [0.0, 3.0, 5.0], "T": [9.0, 4.0, 20.0],
-                                        "count": [2, 1, 3]}
-    spend = bayes.spend_patterns(rfm)  # repeat buyers with a positive spend only
-    assert spend.to_dict("list") == {"frequency": [2, 2], "monetary_value": [10.0, 12.5], "count": [2, 1]}
-    for column, value in (("T", np.nan), ("recency", 30.0), ("frequency", -1)):
-        with pytest.raises(ValueError, match="must be"):
-            bayes.transaction_patterns(rfm.assign(**{column: rfm[column].where(rfm.index != 2, value)}))
+# --- fast checks ----------------------------------------------------------------------
 
 
 def test_thin_keeps_evenly_spaced_draws_of_every_chain():
@@ -394,7 +312,7 @@ def test_stored_posterior_must_be_complete_and_rectangular():
         models_from_parameters("bg_nbd", parameters, ragged)
 
 
-# --- 5. a Bayesian refit through the pipeline --------------------------------------------
+# --- 3. a Bayesian refit through the pipeline --------------------------------------------
 
 REFIT_MAY, REFIT_JUNE = dt.date(2025, 5, 1), dt.date(2025, 6, 1)
 # Short chains: the pipeline's handling is under test here, not the sampler's precision.
