@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test airflow lock clean
+.PHONY: setup demo test bench airflow lock clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: setup              ## simulate the sample accounts and run every job on th
 
 test: setup              ## every test: unit, model, pipeline, CLI, PostgreSQL
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup             ## time this project vs pymc-marketing, lifetimes and a DuckDB floor (BENCH_ARGS="--sizes 100000")
+	$(PY) -m pip install --quiet -r requirements-bench.txt
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 airflow: setup           ## local Airflow 3 (standalone, SQLite) on the DAGs and the demo warehouse
 	scripts/airflow-local.sh
