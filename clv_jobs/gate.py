@@ -154,7 +154,7 @@ def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, 
     target.set_data(patterns.patterns_of(name, rfm))
     free_names = [rv.name for rv in target.model.free_RVs]
     values = _free_values(parameters, free_names)
-    support = target.support()
+    support = target.bounds
     record = {"support": {k: {"value": values[k], "lower": support[k][0], "upper": support[k][1]}
                           for k in free_names}}
     if not all(np.isfinite(v) for v in values.values()):

@@ -489,11 +489,12 @@ def _with_posterior(model_class, point: dict[str, float] | dict[str, list[list[f
                                                dims=("chain", "draw"))
                             for name, value in point.items()})
     model.idata = xr.DataTree.from_dict({"posterior": posterior})
-    if posterior.sizes["chain"] * posterior.sizes["draw"] > 1 and hasattr(model, "_logp"):
+    if hasattr(model, "_logp"):
         # Pareto/NBD: every predictive method first evaluates the log-likelihood of the
         # customers' histories for every draw (two hypergeometric functions per draw and
-        # customer, most of the scoring time); P-Alive, expected purchases and each month
-        # of the CLV need the same one. Reuse it while the inputs are identical.
+        # customer, compiled anew on each call: most of the scoring time); P-Alive,
+        # expected purchases and each month of the CLV need the same one. Reuse it while
+        # the inputs are identical.
         model._logp = _reuse_last_result(model._logp)
     return model
 

@@ -326,7 +326,8 @@ class Objective:
         """Log-likelihood of the data at unconstrained ``x`` (no prior)."""
         return float(self._loglike(*x))
 
-    def support(self) -> dict[str, tuple[float, float]]:
+    @functools.cached_property
+    def bounds(self) -> dict[str, tuple[float, float]]:
         """Lower and upper bound of each free variable (the limits of its transform)."""
         import math
 
