@@ -24,6 +24,20 @@ def cutoff_utc(as_of: dt.date, timezone: str) -> dt.datetime:
     return local_midnight_utc(as_of, timezone)
 
 
+def local_time_sql(column: str) -> str:
+    """DuckDB expression of a naive-UTC timestamp column as local time (zone: the ``$tz`` parameter).
+
+    The time-zone conversion (ICU) costs about a second per ten million rows on two cores;
+    a UTC account needs none, and DuckDB folds the ``$tz = 'UTC'`` test away at bind time.
+    """
+    return f"CASE WHEN $tz = 'UTC' THEN {column} ELSE timezone($tz, {column} AT TIME ZONE 'UTC') END"
+
+
+def local_day_sql(column: str) -> str:
+    """DuckDB expression of the local calendar day of a naive-UTC timestamp column (:func:`local_time_sql`)."""
+    return f"CAST({local_time_sql(column)} AS DATE)"
+
+
 def months_before(as_of: dt.date, months: int) -> dt.date:
     """Calendar months back (31 Jul - 1 month = 30 Jun, as a person counts)."""
     return as_of - relativedelta(months=months)

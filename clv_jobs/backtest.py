@@ -30,11 +30,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from clv_jobs.asof import cutoff_utc
+from clv_jobs.asof import cutoff_utc, local_day_sql
 from clv_jobs.errors import ModelError
 from clv_jobs.features import TIME_UNIT_DAYS, build_features, rfm_frame
-from clv_jobs.model import FittedModels, fit_models
+from clv_jobs.model import FittedModels, distinct_rows, fit_models
 from clv_jobs.settings import ModelSettings
+from clv_jobs.sources import frame
 
 log = logging.getLogger("clv_jobs")
 
@@ -128,16 +129,17 @@ def split_history(
     """
     split_date = as_of - dt.timedelta(days=holdout_days)
     calibration = build_features(con, split_date, timezone, history_window_months, time_unit)
-    holdout = con.execute(
-        """
-        SELECT customer_id, count(DISTINCT CAST(timezone($tz, order_ts AT TIME ZONE 'UTC') AS DATE)) AS purchases,
+    holdout = frame(
+        con,
+        f"""
+        SELECT customer_id, count(DISTINCT {local_day_sql("order_ts")}) AS purchases,
                sum(amount) AS spend
         FROM transactions
         WHERE order_ts >= $start AND order_ts < $end
         GROUP BY customer_id
         """,
         {"tz": timezone, "start": cutoff_utc(split_date, timezone), "end": cutoff_utc(as_of, timezone)},
-    ).df()
+    )
     joined = calibration[["customer_id"]].merge(holdout, on="customer_id", how="left", sort=False)
     return HoldoutSplit(
         split_date=split_date,
@@ -271,10 +273,8 @@ def model_predictions(models: FittedModels, rfm: pd.DataFrame, future_t: float) 
         expected spend per purchase day; the population mean for one-time buyers), each in
         the order of ``rfm``; posterior means for a full posterior.
     """
-    keys = ["frequency", "recency", "T"]
-    patterns = rfm[keys].drop_duplicates().reset_index(drop=True)
-    spend_keys = ["frequency", "monetary_value"]
-    spend_patterns = rfm[spend_keys].drop_duplicates().reset_index(drop=True)
+    patterns, pattern_of = distinct_rows(rfm, ["frequency", "recency", "T"])
+    spend_patterns, spend_pattern_of = distinct_rows(rfm, ["frequency", "monetary_value"])
     purchases, p_alive, spend = [], [], []
     chunk = max(1_000, _CHUNK_CELLS // max(1, _draws(models.transaction)))
     with warnings.catch_warnings():
@@ -289,12 +289,9 @@ def model_predictions(models: FittedModels, rfm: pd.DataFrame, future_t: float) 
             part = spend_patterns.iloc[start:start + chunk]
             part = part.assign(customer_id=np.arange(len(part)))
             spend.append(_mean_over_draws(models.spend.expected_customer_spend(data=part)))
-    patterns["purchases"] = np.concatenate(purchases)[: len(patterns)]
-    patterns["p_alive"] = np.concatenate(p_alive)[: len(patterns)]
-    spend_patterns["spend"] = np.concatenate(spend)[: len(spend_patterns)]
-    joined = rfm[["frequency", "recency", "T", "monetary_value"]].merge(
-        patterns, on=keys, how="left", sort=False).merge(spend_patterns, on=spend_keys, how="left", sort=False)
-    return {name: joined[name].to_numpy(dtype=float) for name in ("purchases", "p_alive", "spend")}
+    return {"purchases": np.concatenate(purchases)[: len(patterns)][pattern_of],
+            "p_alive": np.concatenate(p_alive)[: len(patterns)][pattern_of],
+            "spend": np.concatenate(spend)[: len(spend_patterns)][spend_pattern_of]}
 
 
 def score_holdout(models: FittedModels, split: HoldoutSplit) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from clv_jobs.asof import local_time_sql
 from clv_jobs.segments import SCORE_LABELS, SEGMENT_LABELS
 
 #: The Datamodel's columns, in order, with their SQL type (sql/datamodel_clv.sql).
@@ -68,7 +69,7 @@ def _days(expr: str) -> str:
 
 
 def _timestamp(expr: str) -> str:
-    return f"strftime(timezone($tz, {expr} AT TIME ZONE 'UTC'), '%Y-%m-%d %H:%M:%S')"
+    return f"strftime({local_time_sql(expr)}, '%Y-%m-%d %H:%M:%S')"
 
 
 def _label_case(column: str, labels: dict[int, str]) -> str:

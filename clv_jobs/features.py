@@ -18,7 +18,8 @@ import datetime as dt
 import duckdb
 import pandas as pd
 
-from clv_jobs.asof import cutoff_utc, window_start_utc
+from clv_jobs.asof import cutoff_utc, local_day_sql, window_start_utc
+from clv_jobs.sources import frame
 
 #: Time units the models accept, in days.
 TIME_UNIT_DAYS = {"D": 1.0, "W": 7.0}
@@ -74,11 +75,12 @@ def build_features(
         "tz": timezone,
         "unit_days": TIME_UNIT_DAYS[time_unit],
     }
-    return con.execute(
+    return frame(
+        con,
         f"""
         WITH in_window AS (
             SELECT customer_id, order_ts, amount,
-                   CAST(timezone($tz, order_ts AT TIME ZONE 'UTC') AS DATE) AS day
+                   {local_day_sql("order_ts")} AS day
             FROM transactions
             WHERE order_ts >= $window_start AND order_ts < $cutoff
         ),
@@ -117,7 +119,7 @@ def build_features(
         ORDER BY d.customer_id
         """,
         params,
-    ).df()
+    )
 
 
 def rfm_frame(features: pd.DataFrame) -> pd.DataFrame:
