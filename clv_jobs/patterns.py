@@ -351,7 +351,11 @@ def _placeholder_patterns(kind: str) -> pd.DataFrame:
 
 @functools.cache
 def objective(kind: str, priors: str = "default") -> Objective:
-    """The process's compiled :class:`Objective` of ``kind`` with ``priors`` (built on first use)."""
+    """The process's compiled :class:`Objective` of ``kind`` with ``priors`` (built on first use).
+
+    Its data are swapped by each fit, so fits in one process run one at a time (as the
+    pipeline's stages do; Airflow and the CLI run one task per process).
+    """
     return Objective(kind, priors)
 
 
