@@ -57,15 +57,6 @@ def _model_class(name: str):
     return {"pareto_nbd": ParetoNBDModel, "bg_nbd": BetaGeoModel, "mbg_nbd": ModifiedBetaGeoModel}[name]
 
 
-def _model_config(parameter_names: tuple[str, ...], priors: str) -> dict | None:
-    """``flat`` priors make the MAP the maximum-likelihood estimate; ``default`` keeps pymc-marketing's."""
-    if priors == "default":
-        return None
-    from pymc_extras.prior import Prior
-
-    return {name: Prior("HalfFlat") for name in parameter_names}
-
-
 def _parameters(clv_model, names: tuple[str, ...]) -> dict[str, float]:
     posterior = clv_model.fit_result
     return {name: float(np.asarray(posterior[name].values).mean()) for name in names}
