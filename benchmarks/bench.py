@@ -407,6 +407,12 @@ def project_outputs(outdir: Path) -> tuple[dict, pd.DataFrame, dict]:
     return model["parameters"], scores, model.get("stage_seconds", {})
 
 
+def _stage_note(model: str, buyers: int, pipeline: str, seconds: dict[str, float]) -> str:
+    """One line of the results' "Stages" list: ``BG/NBD 1,000,000: <pipeline> stages a 1.0 s, …``."""
+    return (f"{MODEL_LABELS[model]} {buyers:,}: {pipeline} stages "
+            + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+
+
 def project_log_stages(log_path: Path) -> dict[str, float]:
     """The project's stage seconds from its log lines ``bench: <stage> done in <s> s``."""
     try:
@@ -765,8 +771,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         seconds = project_log_stages(project.log_path) or project_out[2]
         if seconds:
-            stage_notes.append(f"{MODEL_LABELS[model]} {buyers:,}: this project's stages "
-                               + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
+            stage_notes.append(_stage_note(model, buyers, "this project's", seconds))
         for reference in REFERENCES:
             result = ran.get(reference)
             if result is None or result.status != "ok":
@@ -777,8 +782,7 @@ def main(argv: list[str] | None = None) -> int:
                 result.status, result.reason = "failed", f"outputs unreadable: {exc}"
                 continue
             if other[2]:
-                stage_notes.append(f"{MODEL_LABELS[model]} {buyers:,}: {reference} stages "
-                                   + ", ".join(f"{k} {v:.1f} s" for k, v in other[2].items()))
+                stage_notes.append(_stage_note(model, buyers, reference, other[2]))
             tolerance = args.tolerance
             if reference == LIFETIMES and args.lifetimes_tolerance is not None:
                 tolerance = args.lifetimes_tolerance

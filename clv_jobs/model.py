@@ -23,6 +23,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from clv_jobs import patterns
 from clv_jobs.errors import ModelError
 from clv_jobs.settings import ModelSettings
 
@@ -48,13 +49,6 @@ INTERVAL_COLUMNS = ("clv_p10", "clv_p50", "clv_p90", "p_alive_p10", "p_alive_p90
 #: Posterior draws x customers patterns scored at once in Bayesian mode (memory bound:
 #: about 40 MB per array).
 _SCORING_CHUNK_ELEMENTS = 5_000_000
-
-
-def _model_class(name: str):
-    # Imported here: pymc takes seconds to import and the CLI's --help must not wait.
-    from pymc_marketing.clv import BetaGeoModel, ModifiedBetaGeoModel, ParetoNBDModel
-
-    return {"pareto_nbd": ParetoNBDModel, "bg_nbd": BetaGeoModel, "mbg_nbd": ModifiedBetaGeoModel}[name]
 
 
 def _parameters(clv_model, names: tuple[str, ...]) -> dict[str, float]:
@@ -97,11 +91,9 @@ def fit_transaction_model(rfm: pd.DataFrame, name: str, priors: str = "default")
         The model carrying the MAP point (its predictive methods are pymc-marketing's),
         and the fit.
     """
-    from clv_jobs import patterns
-
     fit = patterns.find_map(name, patterns.transaction_patterns(rfm), priors)
     point = {p: fit.parameters[p] for p in TRANSACTION_PARAMETERS[name]}
-    return _with_posterior(_model_class(name), point), fit
+    return _with_posterior(patterns.model_class(name), point), fit
 
 
 def _spend_fit_rows(rfm: pd.DataFrame) -> pd.DataFrame:
@@ -123,13 +115,9 @@ def fit_spend_model(rfm: pd.DataFrame, priors: str = "default"):
     -------
     (pymc_marketing.clv.GammaGammaModel, patterns.MapFit)
     """
-    from pymc_marketing.clv import GammaGammaModel
-
-    from clv_jobs import patterns
-
     repeat = _spend_fit_rows(rfm)
     fit = patterns.find_map("gamma_gamma", patterns.spend_patterns(repeat), priors)
-    return _with_posterior(GammaGammaModel, {p: fit.parameters[p] for p in SPEND_PARAMETERS}), fit
+    return _with_posterior(patterns.model_class("gamma_gamma"), {p: fit.parameters[p] for p in SPEND_PARAMETERS}), fit
 
 
 def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
@@ -186,7 +174,7 @@ def _fit_mcmc(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
     diagnostics add ``r_hat_max`` and ``ess_bulk_min`` over every sampled variable of both
     models, ``divergences``, ``sampler``, ``chains``, ``draws``.
     """
-    from clv_jobs import bayes, patterns
+    from clv_jobs import bayes
 
     name = settings.transaction_model
     mcmc = settings.mcmc
@@ -309,22 +297,22 @@ def score_customers(
         return _score_with_intervals(models, rfm, horizon_months, discount_rate, time_unit)
 
     keys = ["frequency", "recency", "T", "monetary_value"]
-    patterns, pattern_of = distinct_rows(rfm, keys)
-    patterns["customer_id"] = np.arange(len(patterns))
+    distinct, pattern_of = distinct_rows(rfm, keys)
+    distinct["customer_id"] = np.arange(len(distinct))
     horizon = horizon_months * DAYS_PER_MONTH / (7.0 if time_unit == "W" else 1.0)
 
     transaction = models.transaction
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        patterns["p_alive"] = _values(transaction.expected_probability_alive(data=patterns))
-        patterns["expected_purchases"] = _values(
-            transaction.expected_purchases(data=patterns, future_t=horizon)
+        distinct["p_alive"] = _values(transaction.expected_probability_alive(data=distinct))
+        distinct["expected_purchases"] = _values(
+            transaction.expected_purchases(data=distinct, future_t=horizon)
         )
-        patterns["expected_spend"] = _values(models.spend.expected_customer_spend(data=patterns))
-        patterns["clv"] = _values(
+        distinct["expected_spend"] = _values(models.spend.expected_customer_spend(data=distinct))
+        distinct["clv"] = _values(
             customer_lifetime_value(
                 transaction,
-                patterns.assign(future_spend=patterns["expected_spend"]),
+                distinct.assign(future_spend=distinct["expected_spend"]),
                 future_t=horizon_months,
                 discount_rate=discount_rate,
                 time_unit=time_unit,
@@ -333,11 +321,11 @@ def score_customers(
     # pymc-marketing's closed forms can land a rounding error outside [0, 1] (Pareto/NBD
     # gives 1 + 9e-16 when recency == T on CDNOW), which made churn negative and printed
     # "-0.000000" in the CHURN column. Clipping moves values by that rounding error only.
-    patterns["p_alive"] = patterns["p_alive"].clip(0.0, 1.0)
-    patterns["churn"] = 1.0 - patterns["p_alive"]
+    distinct["p_alive"] = distinct["p_alive"].clip(0.0, 1.0)
+    distinct["churn"] = 1.0 - distinct["p_alive"]
     columns = ["customer_id", "p_alive", "churn", "expected_purchases", "expected_spend", "clv"]
     result = pd.DataFrame({"customer_id": rfm["customer_id"].to_numpy()}
-                          | {c: patterns[c].to_numpy()[pattern_of] for c in columns[1:]})
+                          | {c: distinct[c].to_numpy()[pattern_of] for c in columns[1:]})
     if not np.isfinite(result[columns[1:]].to_numpy()).all():
         raise ModelError(f"{models.transaction_model} gave non-finite scores")
     return result
@@ -402,13 +390,13 @@ def _score_with_intervals(
 
     t_keys = ["frequency", "recency", "T"]
     keys = [*t_keys, "monetary_value"]
-    patterns = rfm[keys].drop_duplicates().reset_index(drop=True)
-    triples = patterns[t_keys].drop_duplicates().reset_index(drop=True)
-    patterns = patterns.merge(triples.assign(triple=np.arange(len(triples))), on=t_keys, how="left", sort=False)
-    patterns = patterns.sort_values("triple", kind="stable").reset_index(drop=True)
-    triple_of = patterns["triple"].to_numpy()
+    distinct = rfm[keys].drop_duplicates().reset_index(drop=True)
+    triples = distinct[t_keys].drop_duplicates().reset_index(drop=True)
+    distinct = distinct.merge(triples.assign(triple=np.arange(len(triples))), on=t_keys, how="left", sort=False)
+    distinct = distinct.sort_values("triple", kind="stable").reset_index(drop=True)
+    triple_of = distinct["triple"].to_numpy()
 
-    n_triples, n_patterns = len(triples), len(patterns)
+    n_triples, n_patterns = len(triples), len(distinct)
     by_triple = {column: np.empty(n_triples) for column in
                  ("p_alive", "p_alive_p10", "p_alive_p90", "expected_purchases", "unit_clv")}
     by_pattern = {column: np.empty(n_patterns) for column in ("expected_spend", "clv_p10", "clv_p50", "clv_p90")}
@@ -433,7 +421,7 @@ def _score_with_intervals(
             by_triple["p_alive_p10"][lo:hi], by_triple["p_alive_p90"][lo:hi] = np.quantile(p_alive, [0.1, 0.9], axis=0)
 
             first, last = np.searchsorted(triple_of, [lo, hi])
-            rows = patterns.iloc[first:last]
+            rows = distinct.iloc[first:last]
             local = triple_of[first:last] - lo
             spend = _draw_matrix(
                 models.spend.expected_customer_spend(data=rows.assign(customer_id=np.arange(last - first))),
@@ -454,16 +442,16 @@ def _score_with_intervals(
             gc.collect()
 
     for column in ("p_alive", "p_alive_p10", "p_alive_p90", "expected_purchases"):
-        patterns[column] = by_triple[column][triple_of]
-    patterns["p_alive"] = patterns["p_alive"].clip(0.0, 1.0)
-    patterns["churn"] = 1.0 - patterns["p_alive"]
+        distinct[column] = by_triple[column][triple_of]
+    distinct["p_alive"] = distinct["p_alive"].clip(0.0, 1.0)
+    distinct["churn"] = 1.0 - distinct["p_alive"]
     for column, values in by_pattern.items():
-        patterns[column] = values
+        distinct[column] = values
     # pymc-marketing's customer_lifetime_value is linear in the spend: the posterior-mean
     # spend times the posterior mean of the CLV per unit of spend.
-    patterns["clv"] = patterns["expected_spend"].to_numpy() * by_triple["unit_clv"][triple_of]
+    distinct["clv"] = distinct["expected_spend"].to_numpy() * by_triple["unit_clv"][triple_of]
     columns = ["customer_id", "p_alive", "churn", "expected_purchases", "expected_spend", "clv", *INTERVAL_COLUMNS]
-    result = rfm[["customer_id", *keys]].merge(patterns.drop(columns="triple"), on=keys, how="left", sort=False)
+    result = rfm[["customer_id", *keys]].merge(distinct.drop(columns="triple"), on=keys, how="left", sort=False)
     result = result[columns]
     if not np.isfinite(result[columns[1:]].to_numpy()).all():
         raise ModelError(f"{models.transaction_model} gave non-finite scores")
@@ -552,17 +540,16 @@ def models_from_parameters(
         carry these draws and :func:`score_customers` adds the intervals; without it they
         carry the point ``parameters`` (for a Bayesian fit: the posterior means).
     """
-    from pymc_marketing.clv import GammaGammaModel
-
     if posterior is None:
-        transaction = _with_posterior(_model_class(transaction_model), parameters[transaction_model])
-        spend = _with_posterior(GammaGammaModel, parameters["gamma_gamma"])
+        transaction = _with_posterior(patterns.model_class(transaction_model), parameters[transaction_model])
+        spend = _with_posterior(patterns.model_class("gamma_gamma"), parameters["gamma_gamma"])
         return FittedModels(transaction_model, transaction, spend, parameters, {})
     expected = {transaction_model: TRANSACTION_PARAMETERS[transaction_model], "gamma_gamma": SPEND_PARAMETERS}
     missing = [f"{model}.{p}" for model, names in expected.items() for p in names if p not in posterior.get(model, {})]
     if missing:
         raise ModelError(f"stored posterior lacks draws of {', '.join(missing)}")
-    transaction = _with_posterior(_model_class(transaction_model),
+    transaction = _with_posterior(patterns.model_class(transaction_model),
                                   {p: posterior[transaction_model][p] for p in expected[transaction_model]})
-    spend = _with_posterior(GammaGammaModel, {p: posterior["gamma_gamma"][p] for p in SPEND_PARAMETERS})
+    spend = _with_posterior(patterns.model_class("gamma_gamma"),
+                            {p: posterior["gamma_gamma"][p] for p in SPEND_PARAMETERS})
     return FittedModels(transaction_model, transaction, spend, parameters, {}, posterior)

@@ -108,7 +108,9 @@ def model_data(kind: str, patterns: pd.DataFrame) -> dict[str, np.ndarray]:
 # --- models ----------------------------------------------------------------------------
 
 
-def _model_class(name: str):
+def model_class(name: str):
+    """pymc-marketing's model class of ``name`` (a transaction model or ``gamma_gamma``)."""
+    # Imported here: pymc takes seconds to import and the CLI's --help must not wait.
     from pymc_marketing.clv import BetaGeoModel, GammaGammaModel, ModifiedBetaGeoModel, ParetoNBDModel
 
     return {"pareto_nbd": ParetoNBDModel, "bg_nbd": BetaGeoModel, "mbg_nbd": ModifiedBetaGeoModel,
@@ -123,7 +125,7 @@ def _model_config(name: str, priors: str) -> dict:
 
     names = SPEND_PARAMETERS if name == "gamma_gamma" else TRANSACTION_PARAMETERS[name]
     config = None if priors == "default" else {parameter: Prior("HalfFlat") for parameter in names}
-    return _model_class(name)(model_config=config).model_config
+    return model_class(name)(model_config=config).model_config
 
 
 def pareto_nbd_loglike(r, alpha, s, beta, data):

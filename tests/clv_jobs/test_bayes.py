@@ -40,7 +40,7 @@ from clv_jobs.model import (
 )
 from clv_jobs.sample_data import SampleAccount, simulate_account
 from clv_jobs.settings import McmcSettings, ModelSettings
-from tests.clv_jobs.helpers import orders_session
+from tests.clv_jobs.helpers import orders_session, pymc_marketing_scores
 
 # --- 1. a full-posterior fit of simulated data -----------------------------------------
 
@@ -164,23 +164,15 @@ def test_intervals_are_ordered_and_contain_the_posterior_mean(bayes_scores):
 
 @pytest.mark.slow
 def test_posterior_mean_scores_are_pymc_marketing_methods_averaged_over_draws(bayes_fit, bayes_scores, simulated):
-    from pymc_marketing.clv.utils import customer_lifetime_value
-
     rfm = simulated[0].iloc[:3000]
     scores = bayes_scores.iloc[:3000]
+    # pymc-marketing's methods (its GammaGammaModel.expected_customer_lifetime_value's
+    # CLV), averaged over the posterior draws.
     data = rfm.assign(customer_id=np.arange(len(rfm)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        p_alive = _values(bayes_fit.transaction.expected_probability_alive(data=data))
-        purchases = _values(bayes_fit.transaction.expected_purchases(data=data, future_t=12 * DAYS_PER_MONTH))
-        spend = _values(bayes_fit.spend.expected_customer_spend(data=data))
-        # pymc-marketing's GammaGammaModel.expected_customer_lifetime_value, averaged.
-        clv = _values(customer_lifetime_value(bayes_fit.transaction, data.assign(future_spend=spend), future_t=12,
-                                              time_unit="D"))
-    assert_allclose(scores["p_alive"], np.clip(p_alive, 0, 1), rtol=1e-9)
-    assert_allclose(scores["expected_purchases"], purchases, rtol=1e-9)
-    assert_allclose(scores["expected_spend"], spend, rtol=1e-9)
-    assert_allclose(scores["clv"], clv, rtol=1e-9)
+    reference = pymc_marketing_scores(bayes_fit.transaction, bayes_fit.spend, data)
+    assert_allclose(scores["p_alive"], np.clip(reference["p_alive"], 0, 1), rtol=1e-9)
+    for column in ("expected_purchases", "expected_spend", "clv"):
+        assert_allclose(scores[column], reference[column], rtol=1e-9)
 
 
 @pytest.mark.slow

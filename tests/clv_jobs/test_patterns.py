@@ -23,7 +23,6 @@ from numpy.testing import assert_allclose
 
 from clv_jobs import features, patterns
 from clv_jobs.model import (
-    DAYS_PER_MONTH,
     SPEND_PARAMETERS,
     TRANSACTION_PARAMETERS,
     fit_models,
@@ -31,7 +30,7 @@ from clv_jobs.model import (
 )
 from clv_jobs.sample_data import SampleAccount, simulate_account
 from clv_jobs.settings import ModelSettings
-from tests.clv_jobs.helpers import orders_session
+from tests.clv_jobs.helpers import orders_session, pymc_marketing_scores
 
 # Both fits run scipy's L-BFGS-B from the same start on the same objective, summed in
 # another order: they agree to ~1e-9 (measured). 1e-6 is far below any statistical
@@ -46,7 +45,7 @@ def _pymc_marketing_fit(rfm: pd.DataFrame, name: str, priors: str):
 
     names = SPEND_PARAMETERS if name == "gamma_gamma" else TRANSACTION_PARAMETERS[name]
     config = None if priors == "default" else {p: Prior("HalfFlat") for p in names}
-    model = patterns._model_class(name)(model_config=config)
+    model = patterns.model_class(name)(model_config=config)
     if name == "gamma_gamma":
         data = rfm.loc[(rfm["frequency"] > 0) & (rfm["monetary_value"] > 0),
                        ["customer_id", "frequency", "monetary_value"]]
@@ -159,8 +158,6 @@ def simulated_rfm() -> pd.DataFrame:
 @pytest.mark.parametrize("name", ["bg_nbd", "pareto_nbd"])
 def test_optimised_scores_equal_per_customer_pymc_marketing(simulated_rfm, name):
     """Fit on patterns + score once per pattern == pymc-marketing fit and predict per customer."""
-    from pymc_marketing.clv.utils import customer_lifetime_value
-
     rfm = simulated_rfm
     # Many customers share a pattern (every one-time buyer of a day, for a start).
     assert len(patterns.transaction_patterns(rfm)) < 0.8 * len(rfm)
@@ -168,19 +165,12 @@ def test_optimised_scores_equal_per_customer_pymc_marketing(simulated_rfm, name)
 
     transaction = _pymc_marketing_fit(rfm, name, "default")
     spend = _pymc_marketing_fit(rfm, "gamma_gamma", "default")
-    data = rfm[["customer_id", "frequency", "recency", "T", "monetary_value"]]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        p_alive = transaction.expected_probability_alive(data=data).values.squeeze()
-        purchases = transaction.expected_purchases(data=data, future_t=12 * DAYS_PER_MONTH).values.squeeze()
-        expected_spend = spend.expected_customer_spend(data=data).values.squeeze()
-        clv = customer_lifetime_value(transaction, data.assign(future_spend=expected_spend), future_t=12,
-                                      discount_rate=0.0, time_unit="D").values.squeeze()
+    reference = pymc_marketing_scores(transaction, spend, rfm[["customer_id", "frequency", "recency", "T",
+                                                              "monetary_value"]])
     assert list(ours["customer_id"]) == list(rfm["customer_id"])
-    assert_allclose(ours["p_alive"], np.clip(p_alive, 0, 1), rtol=1e-6)
-    assert_allclose(ours["expected_purchases"], purchases, rtol=1e-6)
-    assert_allclose(ours["expected_spend"], expected_spend, rtol=1e-6)
-    assert_allclose(ours["clv"], clv, rtol=1e-6)
+    assert_allclose(ours["p_alive"], np.clip(reference["p_alive"], 0, 1), rtol=1e-6)
+    for column in ("expected_purchases", "expected_spend", "clv"):
+        assert_allclose(ours[column], reference[column], rtol=1e-6)
 
 
 # --- 3. compiled once per process ------------------------------------------------------------
