@@ -30,6 +30,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from clv_jobs import formulas
 from clv_jobs.asof import cutoff_utc, local_day_sql
 from clv_jobs.errors import ModelError
 from clv_jobs.features import TIME_UNIT_DAYS, build_features, rfm_frame
@@ -157,6 +158,22 @@ def _none_if_nan(value: float) -> float | None:
     return None if value is None or not np.isfinite(value) else float(value)
 
 
+def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of ``score`` for the boolean ``positive`` (Mann-Whitney, ties counted half).
+
+    What ``sklearn.metrics.roc_auc_score`` computes, without importing scikit-learn (a
+    second per process) for one number.
+    """
+    distinct, index, counts = np.unique(score, return_inverse=True, return_counts=True)
+    # Average rank of each distinct score: ties share the mean of the ranks they span.
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0
+    ranks = average_rank[index.ravel()]
+    n_positive = int(positive.sum())
+    n_negative = positive.size - n_positive
+    u = ranks[positive].sum() - n_positive * (n_positive + 1) / 2.0
+    return float(u / (n_positive * n_negative))
+
+
 def holdout_metrics(
     holdout_purchases: np.ndarray,
     holdout_spend: np.ndarray,
@@ -192,8 +209,6 @@ def holdout_metrics(
         the probability). A metric that cannot be computed (no holdout buyer, a single
         class) is ``None``.
     """
-    from sklearn.metrics import brier_score_loss, roc_auc_score
-
     actual = np.asarray(holdout_purchases, dtype=float)
     predicted = np.asarray(predicted_purchases, dtype=float)
     bought = actual > 0
@@ -216,9 +231,9 @@ def holdout_metrics(
         metrics["spend_mae"] = _none_if_nan(float(np.abs(np.asarray(predicted_spend)[bought] - mean_spend).mean()))
     both_classes = 0 < bought.sum() < bought.size
     if alive_score is not None and both_classes and np.isfinite(alive_score).all():
-        metrics["p_alive_auc"] = float(roc_auc_score(bought, alive_score))
+        metrics["p_alive_auc"] = roc_auc(bought, np.asarray(alive_score, dtype=float))
     if alive_probability is not None and bought.size and np.isfinite(alive_probability).all():
-        metrics["p_alive_brier"] = float(brier_score_loss(bought, np.clip(alive_probability, 0.0, 1.0)))
+        metrics["p_alive_brier"] = float(np.mean((np.clip(alive_probability, 0.0, 1.0) - bought) ** 2))
     return metrics
 
 
@@ -275,6 +290,16 @@ def model_predictions(models: FittedModels, rfm: pd.DataFrame, future_t: float) 
     """
     patterns, pattern_of = distinct_rows(rfm, ["frequency", "recency", "T"])
     spend_patterns, spend_pattern_of = distinct_rows(rfm, ["frequency", "monetary_value"])
+    if models.closed_form:
+        name, parameters = models.transaction_model, models.parameters
+        x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+        with np.errstate(all="ignore"):
+            predicted = formulas.transaction_predictions(name, parameters[name], x, t_x, T, future_t)
+            spend = formulas.expected_spend(parameters["gamma_gamma"],
+                                            spend_patterns["frequency"].to_numpy(dtype=float),
+                                            spend_patterns["monetary_value"].to_numpy(dtype=float))
+        return {"purchases": predicted["purchases"][pattern_of], "p_alive": predicted["p_alive"][pattern_of],
+                "spend": spend[spend_pattern_of]}
     purchases, p_alive, spend = [], [], []
     chunk = max(1_000, _CHUNK_CELLS // max(1, _draws(models.transaction)))
     with warnings.catch_warnings():

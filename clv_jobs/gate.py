@@ -150,9 +150,9 @@ def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, 
     """
     from clv_jobs import patterns
 
-    target = patterns.objective(name, priors)  # the fit's own objective (compiled once per process)
+    target = patterns.objective(name, priors)  # the fit's own objective
     target.set_data(patterns.patterns_of(name, rfm))
-    free_names = [rv.name for rv in target.model.free_RVs]
+    free_names = target.free_names
     values = _free_values(parameters, free_names)
     support = target.bounds
     record = {"support": {k: {"value": values[k], "lower": support[k][0], "upper": support[k][1]}

@@ -15,6 +15,7 @@ per-customer intervals (:data:`INTERVAL_COLUMNS`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import logging
 import time
@@ -23,7 +24,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from clv_jobs import patterns
+from clv_jobs import formulas, patterns
 from clv_jobs.errors import ModelError
 from clv_jobs.settings import ModelSettings
 
@@ -51,18 +52,16 @@ INTERVAL_COLUMNS = ("clv_p10", "clv_p50", "clv_p90", "p_alive_p10", "p_alive_p90
 _SCORING_CHUNK_ELEMENTS = 5_000_000
 
 
-def _parameters(clv_model, names: tuple[str, ...]) -> dict[str, float]:
-    posterior = clv_model.fit_result
-    return {name: float(np.asarray(posterior[name].values).mean()) for name in names}
-
-
 @dataclasses.dataclass
 class FittedModels:
-    """A fitted transaction model and spend model, with what is stored about them."""
+    """A fitted transaction model and spend model, with what is stored about them.
+
+    ``transaction`` and ``spend`` are pymc-marketing's model objects carrying the fit,
+    built on first use: a MAP fit of BG/NBD, MBG/NBD and Gamma-Gamma is scored with the
+    same formulas in NumPy (:mod:`clv_jobs.formulas`) and never imports PyMC.
+    """
 
     transaction_model: str
-    transaction: object
-    spend: object
     parameters: dict[str, dict[str, float]]
     diagnostics: dict[str, float | int | str]
     #: Bayesian fits: the posterior draws the models carry, ``{model: {parameter:
@@ -70,8 +69,29 @@ class FittedModels:
     #: ``None`` after a MAP fit.
     posterior: dict[str, dict[str, list[list[float]]]] | None = None
 
+    def _point_or_draws(self, model: str, names: tuple[str, ...]) -> dict:
+        source = self.posterior if self.posterior else self.parameters
+        return {p: source[model][p] for p in names}
 
-def fit_transaction_model(rfm: pd.DataFrame, name: str, priors: str = "default"):
+    @functools.cached_property
+    def transaction(self):
+        """pymc-marketing's transaction model carrying the point or the posterior draws."""
+        name = self.transaction_model
+        return _with_posterior(patterns.model_class(name), self._point_or_draws(name, TRANSACTION_PARAMETERS[name]))
+
+    @functools.cached_property
+    def spend(self):
+        """pymc-marketing's Gamma-Gamma model carrying the point or the posterior draws."""
+        spend = self._point_or_draws("gamma_gamma", SPEND_PARAMETERS)
+        return _with_posterior(patterns.model_class("gamma_gamma"), spend)
+
+    @property
+    def closed_form(self) -> bool:
+        """Point parameters of a model :mod:`clv_jobs.formulas` predicts (no PyMC needed)."""
+        return not self.posterior and self.transaction_model in formulas.KINDS
+
+
+def fit_transaction_model(rfm: pd.DataFrame, name: str, priors: str = "default") -> patterns.MapFit:
     """Fit one pymc-marketing transaction model by MAP, on weighted unique patterns.
 
     The MAP of pymc-marketing's model (same priors, likelihood and optimiser as its
@@ -87,13 +107,9 @@ def fit_transaction_model(rfm: pd.DataFrame, name: str, priors: str = "default")
 
     Returns
     -------
-    (pymc_marketing.clv.CLVModel, patterns.MapFit)
-        The model carrying the MAP point (its predictive methods are pymc-marketing's),
-        and the fit.
+    patterns.MapFit
     """
-    fit = patterns.find_map(name, patterns.transaction_patterns(rfm), priors)
-    point = {p: fit.parameters[p] for p in TRANSACTION_PARAMETERS[name]}
-    return _with_posterior(patterns.model_class(name), point), fit
+    return patterns.find_map(name, patterns.transaction_patterns(rfm), priors)
 
 
 def _spend_fit_rows(rfm: pd.DataFrame) -> pd.DataFrame:
@@ -108,16 +124,9 @@ def _spend_fit_rows(rfm: pd.DataFrame) -> pd.DataFrame:
     return repeat
 
 
-def fit_spend_model(rfm: pd.DataFrame, priors: str = "default"):
-    """Fit Gamma-Gamma by MAP on repeat buyers with a positive mean repeat spend (as patterns).
-
-    Returns
-    -------
-    (pymc_marketing.clv.GammaGammaModel, patterns.MapFit)
-    """
-    repeat = _spend_fit_rows(rfm)
-    fit = patterns.find_map("gamma_gamma", patterns.spend_patterns(repeat), priors)
-    return _with_posterior(patterns.model_class("gamma_gamma"), {p: fit.parameters[p] for p in SPEND_PARAMETERS}), fit
+def fit_spend_model(rfm: pd.DataFrame, priors: str = "default") -> patterns.MapFit:
+    """Fit Gamma-Gamma by MAP on repeat buyers with a positive mean repeat spend (as patterns)."""
+    return patterns.find_map("gamma_gamma", patterns.spend_patterns(_spend_fit_rows(rfm)), priors)
 
 
 def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
@@ -134,10 +143,10 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         return _fit_mcmc(rfm, settings)
     try:
         started = time.perf_counter()
-        transaction, transaction_fit = fit_transaction_model(rfm, name, settings.priors)
+        transaction_fit = fit_transaction_model(rfm, name, settings.priors)
         transaction_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        spend, spend_fit = fit_spend_model(rfm, settings.priors)
+        spend_fit = fit_spend_model(rfm, settings.priors)
         spend_seconds = time.perf_counter() - started
     except ModelError:
         raise
@@ -146,8 +155,8 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise ModelError(f"{name} fit failed: {type(exc).__name__}: {first_line}") from exc
     parameters = {
-        name: _parameters(transaction, TRANSACTION_PARAMETERS[name]),
-        "gamma_gamma": _parameters(spend, SPEND_PARAMETERS),
+        name: {p: float(transaction_fit.parameters[p]) for p in TRANSACTION_PARAMETERS[name]},
+        "gamma_gamma": {p: float(spend_fit.parameters[p]) for p in SPEND_PARAMETERS},
     }
     bad = [f"{model}.{p}" for model, values in parameters.items() for p, v in values.items()
            if not np.isfinite(v) or v <= 0]
@@ -163,7 +172,7 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         "transaction_fit_seconds": round(transaction_seconds, 3),
         "spend_fit_seconds": round(spend_seconds, 3),
     }
-    return FittedModels(name, transaction, spend, parameters, diagnostics)
+    return FittedModels(name, parameters, diagnostics)
 
 
 def _fit_mcmc(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
@@ -235,8 +244,7 @@ def _fit_mcmc(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         "divergences": int(transaction_post.divergences + spend_post.divergences),
         "fit_seconds": round(fit_seconds, 3),
     }
-    rebuilt = models_from_parameters(name, parameters, posterior)
-    return FittedModels(name, rebuilt.transaction, rebuilt.spend, parameters, diagnostics, posterior)
+    return FittedModels(name, parameters, diagnostics, posterior)
 
 
 def _draw_lists(draws, names: tuple[str, ...]) -> dict[str, list[list[float]]]:
@@ -291,9 +299,7 @@ def score_customers(
         mcmc``), each of these is the posterior mean and :data:`INTERVAL_COLUMNS` follow
         (see :func:`_score_with_intervals`).
     """
-    from pymc_marketing.clv.utils import customer_lifetime_value
-
-    if _draw_count(models.transaction) > 1 or _draw_count(models.spend) > 1:
+    if models.posterior and (_draw_count(models.transaction) > 1 or _draw_count(models.spend) > 1):
         return _score_with_intervals(models, rfm, horizon_months, discount_rate, time_unit)
 
     keys = ["frequency", "recency", "T", "monetary_value"]
@@ -301,23 +307,12 @@ def score_customers(
     distinct["customer_id"] = np.arange(len(distinct))
     horizon = horizon_months * DAYS_PER_MONTH / (7.0 if time_unit == "W" else 1.0)
 
-    transaction = models.transaction
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        distinct["p_alive"] = _values(transaction.expected_probability_alive(data=distinct))
-        distinct["expected_purchases"] = _values(
-            transaction.expected_purchases(data=distinct, future_t=horizon)
-        )
-        distinct["expected_spend"] = _values(models.spend.expected_customer_spend(data=distinct))
-        distinct["clv"] = _values(
-            customer_lifetime_value(
-                transaction,
-                distinct.assign(future_spend=distinct["expected_spend"]),
-                future_t=horizon_months,
-                discount_rate=discount_rate,
-                time_unit=time_unit,
-            )
-        )
+    if models.closed_form:
+        predicted = _closed_form_scores(models, distinct, horizon, horizon_months, discount_rate, time_unit)
+    else:
+        predicted = _pymc_marketing_scores(models, distinct, horizon, horizon_months, discount_rate, time_unit)
+    for column, values in predicted.items():
+        distinct[column] = values
     # pymc-marketing's closed forms can land a rounding error outside [0, 1] (Pareto/NBD
     # gives 1 + 9e-16 when recency == T on CDNOW), which made churn negative and printed
     # "-0.000000" in the CHURN column. Clipping moves values by that rounding error only.
@@ -329,6 +324,42 @@ def score_customers(
     if not np.isfinite(result[columns[1:]].to_numpy()).all():
         raise ModelError(f"{models.transaction_model} gave non-finite scores")
     return result
+
+
+def _closed_form_scores(models: FittedModels, distinct: pd.DataFrame, horizon: float, horizon_months: int,
+                        discount_rate: float, time_unit: str) -> dict[str, np.ndarray]:
+    """:func:`_pymc_marketing_scores` by the same formulas in NumPy (:mod:`clv_jobs.formulas`)."""
+    name = models.transaction_model
+    transaction, spend = models.parameters[name], models.parameters["gamma_gamma"]
+    x, t_x, T, monetary = (distinct[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
+    with np.errstate(all="ignore"):
+        expected_spend = formulas.expected_spend(spend, x, monetary)
+        return {
+            "p_alive": formulas.probability_alive(name, transaction, x, t_x, T),
+            "expected_purchases": formulas.expected_purchases(name, transaction, x, t_x, T, horizon),
+            "expected_spend": expected_spend,
+            "clv": formulas.lifetime_value(name, transaction, x, t_x, T, expected_spend, horizon_months,
+                                           discount_rate, time_unit),
+        }
+
+
+def _pymc_marketing_scores(models: FittedModels, distinct: pd.DataFrame, horizon: float, horizon_months: int,
+                           discount_rate: float, time_unit: str) -> dict[str, np.ndarray]:
+    """pymc-marketing's predictive methods on the distinct patterns (``customer_id`` = row)."""
+    from pymc_marketing.clv.utils import customer_lifetime_value
+
+    transaction = models.transaction
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        expected_spend = _values(models.spend.expected_customer_spend(data=distinct))
+        return {
+            "p_alive": _values(transaction.expected_probability_alive(data=distinct)),
+            "expected_purchases": _values(transaction.expected_purchases(data=distinct, future_t=horizon)),
+            "expected_spend": expected_spend,
+            "clv": _values(customer_lifetime_value(
+                transaction, distinct.assign(future_spend=expected_spend), future_t=horizon_months,
+                discount_rate=discount_rate, time_unit=time_unit)),
+        }
 
 
 def distinct_rows(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -541,15 +572,12 @@ def models_from_parameters(
         carry the point ``parameters`` (for a Bayesian fit: the posterior means).
     """
     if posterior is None:
-        transaction = _with_posterior(patterns.model_class(transaction_model), parameters[transaction_model])
-        spend = _with_posterior(patterns.model_class("gamma_gamma"), parameters["gamma_gamma"])
-        return FittedModels(transaction_model, transaction, spend, parameters, {})
+        return FittedModels(transaction_model, parameters, {})
     expected = {transaction_model: TRANSACTION_PARAMETERS[transaction_model], "gamma_gamma": SPEND_PARAMETERS}
     missing = [f"{model}.{p}" for model, names in expected.items() for p in names if p not in posterior.get(model, {})]
     if missing:
         raise ModelError(f"stored posterior lacks draws of {', '.join(missing)}")
-    transaction = _with_posterior(patterns.model_class(transaction_model),
-                                  {p: posterior[transaction_model][p] for p in expected[transaction_model]})
-    spend = _with_posterior(patterns.model_class("gamma_gamma"),
-                            {p: posterior["gamma_gamma"][p] for p in SPEND_PARAMETERS})
-    return FittedModels(transaction_model, transaction, spend, parameters, {}, posterior)
+    for model, names in expected.items():
+        for p in names:
+            _chain_draw_shape(posterior[model][p])  # a ragged or empty list fails here, not when scoring
+    return FittedModels(transaction_model, parameters, {}, posterior)

@@ -285,8 +285,8 @@ class Objective:
             loglike = model.logp(vars=model.potentials, jacobian=False)
             self._logp_and_gradient = pytensor.function(value_vars, [logp, gradient])
             self._loglike = pytensor.function(value_vars, loglike)
-            names = [rv.name for rv in model.free_RVs] + [d.name for d in model.deterministics]
-            self.parameter_names = names
+            self.free_names = [rv.name for rv in model.free_RVs]
+            self.parameter_names = self.free_names + [d.name for d in model.deterministics]
             self._parameters = pytensor.function(
                 value_vars, model.replace_rvs_by_values([*model.free_RVs, *model.deterministics]))
             self._to_unconstrained = [self._forward_function(rv) for rv in model.free_RVs]
@@ -352,12 +352,18 @@ def _placeholder_patterns(kind: str) -> pd.DataFrame:
 
 
 @functools.cache
-def objective(kind: str, priors: str = "default") -> Objective:
-    """The process's compiled :class:`Objective` of ``kind`` with ``priors`` (built on first use).
+def objective(kind: str, priors: str = "default"):
+    """The process's objective of ``kind`` with ``priors`` (built on first use).
 
-    Its data are swapped by each fit, so fits in one process run one at a time (as the
-    pipeline's stages do; Airflow and the CLI run one task per process).
+    BG/NBD, MBG/NBD and Gamma-Gamma: :class:`clv_jobs.formulas.NumpyObjective` (closed
+    forms, no PyMC); Pareto/NBD: the compiled :class:`Objective`. Its data are swapped by
+    each fit, so fits in one process run one at a time (as the pipeline's stages do;
+    Airflow and the CLI run one task per process).
     """
+    from clv_jobs import formulas
+
+    if kind in formulas.KINDS:
+        return formulas.NumpyObjective(kind, priors)
     return Objective(kind, priors)
 
 
