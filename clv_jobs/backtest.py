@@ -29,14 +29,15 @@ import warnings
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from clv_jobs import formulas
-from clv_jobs.asof import cutoff_utc, local_day_sql
 from clv_jobs.errors import ModelError
-from clv_jobs.features import TIME_UNIT_DAYS, build_features, rfm_frame
-from clv_jobs.model import FittedModels, distinct_rows, fit_models
+from clv_jobs.features import TIME_UNIT_DAYS, feature_table, rfm_frame
+from clv_jobs.model import FittedModels, fit_models
+from clv_jobs.patterns import UNIQUE_CUSTOMERS, distinct_rows
 from clv_jobs.settings import ModelSettings
-from clv_jobs.sources import frame
 
 log = logging.getLogger("clv_jobs")
 
@@ -129,26 +130,33 @@ def split_history(
         Unit of ``recency`` and ``T``.
     """
     split_date = as_of - dt.timedelta(days=holdout_days)
-    calibration = build_features(con, split_date, timezone, history_window_months, time_unit)
-    holdout = frame(
-        con,
-        f"""
-        SELECT customer_id, count(DISTINCT {local_day_sql("order_ts")}) AS purchases,
-               sum(amount) AS spend
-        FROM transactions
-        WHERE order_ts >= $start AND order_ts < $end
-        GROUP BY customer_id
-        """,
-        {"tz": timezone, "start": cutoff_utc(split_date, timezone), "end": cutoff_utc(as_of, timezone)},
-    )
-    joined = calibration[["customer_id"]].merge(holdout, on="customer_id", how="left", sort=False)
+    table = feature_table(con, as_of, timezone, history_window_months, time_unit, split_date)
+    return holdout_split(table, split_date, holdout_days, time_unit)
+
+
+#: Calibration columns of a :func:`clv_jobs.features.feature_table` with a split, and their names here.
+_CALIBRATION_COLUMNS = {"customer_id": "customer_id", "cal_frequency": "frequency", "cal_recency": "recency",
+                        "cal_T": "T", "cal_monetary_value": "monetary_value", "cal_mon_value": "mon_value"}
+
+
+def holdout_split(table: pa.Table, split_date: dt.date, holdout_days: int, time_unit: str) -> HoldoutSplit:
+    """The :class:`HoldoutSplit` of a :func:`clv_jobs.features.feature_table` computed with ``split_date``.
+
+    The calibration buyers are the customers with a purchase day in the calibration
+    window (``cal_days > 0``), in customer-id order, as :func:`clv_jobs.features.build_features`
+    as of the split date would list them.
+    """
+    rows = table.filter(pc.greater(table["cal_days"], 0))
+    calibration = rows.select(list(_CALIBRATION_COLUMNS)).rename_columns(list(_CALIBRATION_COLUMNS.values()))
+    calibration = calibration.to_pandas()
+    calibration.attrs[UNIQUE_CUSTOMERS] = True
     return HoldoutSplit(
         split_date=split_date,
         holdout_days=holdout_days,
         time_unit=time_unit,
         calibration=calibration,
-        holdout_purchases=joined["purchases"].fillna(0).to_numpy(dtype=float),
-        holdout_spend=joined["spend"].fillna(0.0).to_numpy(dtype=float),
+        holdout_purchases=rows["holdout_purchases"].to_numpy().astype(float),
+        holdout_spend=rows["holdout_spend"].to_numpy().astype(float),
     )
 
 

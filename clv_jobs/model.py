@@ -26,6 +26,7 @@ import pandas as pd
 
 from clv_jobs import formulas, patterns
 from clv_jobs.errors import ModelError
+from clv_jobs.patterns import distinct_rows
 from clv_jobs.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -360,17 +361,6 @@ def _pymc_marketing_scores(models: FittedModels, distinct: pd.DataFrame, horizon
                 transaction, distinct.assign(future_spend=expected_spend), future_t=horizon_months,
                 discount_rate=discount_rate, time_unit=time_unit)),
         }
-
-
-def distinct_rows(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The distinct ``keys`` rows of ``frame`` (first-seen order) and each row's index into them.
-
-    Scores are computed once per distinct pattern and taken back with the index: one
-    hashing pass, where a merge back on four float keys cost seconds per million rows.
-    """
-    pattern_of = frame.groupby(keys, sort=False, dropna=False).ngroup().to_numpy()
-    _, first = np.unique(pattern_of, return_index=True)
-    return frame[keys].iloc[first].reset_index(drop=True), pattern_of
 
 
 def _draw_matrix(array, n: int) -> np.ndarray:

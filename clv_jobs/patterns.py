@@ -50,20 +50,54 @@ MAX_EVALUATIONS = 5000
 # --- patterns --------------------------------------------------------------------------
 
 
+#: ``DataFrame.attrs`` flag of a frame built with one row per customer (a SQL ``GROUP BY``
+#: customer id): the fits then skip re-hashing millions of ids to prove it.
+UNIQUE_CUSTOMERS = "one_row_per_customer"
+
+
+def distinct_rows(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+    """The distinct ``keys`` rows of ``frame`` (first-seen order) and each row's index into them.
+
+    Scores are computed once per distinct pattern and taken back with the index. Each key
+    column is factorised on its own (a hash of numbers), the codes are combined into one
+    integer and that is factorised: several times faster than a multi-column group-by.
+    """
+    n = len(frame)
+    combined = np.zeros(n, dtype=np.int64)
+    for key in keys:
+        codes, uniques = pd.factorize(frame[key].to_numpy(), use_na_sentinel=False)
+        if len(uniques) and combined.max(initial=0) > (2**62) // len(uniques):
+            combined = pd.factorize(combined)[0].astype(np.int64)  # keep the product within int64
+        combined = combined * len(uniques) + codes
+    pattern_of = pd.factorize(combined)[0].astype(np.int64)
+    # Codes are numbered in first-seen order: a row opens a pattern when its code exceeds all before it.
+    opens = np.ones(n, dtype=bool)
+    if n > 1:
+        opens[1:] = pattern_of[1:] > np.maximum.accumulate(pattern_of)[:-1]
+    first = np.flatnonzero(opens)
+    return frame[keys].iloc[first].reset_index(drop=True), pattern_of
+
+
+def _counted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Distinct ``keys`` rows with their number of rows (``count``), sorted by the keys."""
+    distinct, pattern_of = distinct_rows(frame, keys)
+    distinct["count"] = np.bincount(pattern_of, minlength=len(distinct))
+    return distinct.sort_values(keys, ignore_index=True)
+
+
 def transaction_patterns(rfm: pd.DataFrame) -> pd.DataFrame:
     """Distinct ``(frequency, recency, T)`` with their number of customers (``count``)."""
-    if "customer_id" in rfm and rfm["customer_id"].duplicated().any():
+    if "customer_id" in rfm and not rfm.attrs.get(UNIQUE_CUSTOMERS) and not rfm["customer_id"].is_unique:
         # One row per customer, as pymc-marketing's models require: a repeated id is a bug upstream.
         raise ValueError("customer_id has duplicate entries")
-    patterns = rfm.groupby(TRANSACTION_KEYS, sort=True, dropna=False).size().rename("count").reset_index()
+    patterns = _counted(rfm, TRANSACTION_KEYS)
     _check_transaction_patterns(patterns)  # here, so that no customer is silently left out
     return patterns
 
 
 def spend_patterns(rfm: pd.DataFrame) -> pd.DataFrame:
     """Distinct ``(frequency, monetary_value)`` of repeat buyers with a positive spend, counted."""
-    repeat = rfm.loc[(rfm["frequency"] > 0) & (rfm["monetary_value"] > 0), SPEND_KEYS]
-    return repeat.groupby(SPEND_KEYS, sort=True).size().rename("count").reset_index()
+    return _counted(rfm.loc[(rfm["frequency"] > 0) & (rfm["monetary_value"] > 0), SPEND_KEYS], SPEND_KEYS)
 
 
 def patterns_of(kind: str, rfm: pd.DataFrame) -> pd.DataFrame:

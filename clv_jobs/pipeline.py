@@ -24,7 +24,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 import clv_jobs
 from clv_jobs import backtest, delivery, gate, segments
@@ -32,8 +32,9 @@ from clv_jobs.asof import cutoff_utc
 from clv_jobs.datamodel import write_datamodel
 from clv_jobs.eligibility import EligibilityResult, evaluate, history_stats
 from clv_jobs.errors import InputError, ModelError, NotEligibleError
-from clv_jobs.features import TIME_UNIT_DAYS, build_features, rfm_frame
+from clv_jobs.features import FEATURE_COLUMNS, TIME_UNIT_DAYS, feature_table, features_frame, rfm_frame
 from clv_jobs.model import FittedModels, fit_models, models_from_parameters, score_customers
+from clv_jobs.patterns import UNIQUE_CUSTOMERS
 from clv_jobs.settings import AccountSettings, Project
 from clv_jobs.sources import connect, load_account, prepare_contacts
 from clv_jobs.store import Store
@@ -202,12 +203,37 @@ def _run_file(store: Store, run: dict, name: str) -> str:
     return store.run_path(run["account"], dt.date.fromisoformat(run["as_of"]), run["run_id"], name)
 
 
+# A stage hands its bulky tables to the next through ``<run>/work/<name>.parquet``, or,
+# when :func:`refit` runs every stage in one process, through ``memory`` (a dict it
+# passes along): writing and reading back millions of rows took a sixth of a refit.
+
+def _put(store: Store, run: dict, name: str, table: pd.DataFrame | pa.Table, memory: dict | None) -> None:
+    if memory is not None:
+        memory[name] = table
+    else:
+        store.write_parquet(_run_file(store, run, f"work/{name}.parquet"), table)
+
+
+def _get_arrow(store: Store, run: dict, name: str, memory: dict | None) -> pa.Table:
+    if memory is not None:
+        table = memory[name]
+        return table if isinstance(table, pa.Table) else pa.Table.from_pandas(table, preserve_index=False)
+    return store.read_arrow(_run_file(store, run, f"work/{name}.parquet"))
+
+
+def _get_frame(store: Store, run: dict, name: str, memory: dict | None) -> pd.DataFrame:
+    if memory is not None and isinstance(memory[name], pd.DataFrame):
+        return memory[name]
+    return _get_arrow(store, run, name, memory).to_pandas()
+
+
 def validate(
     project: Project,
     account_id: str,
     as_of: dt.date,
     force: bool = False,
     read_at: dt.datetime | None = None,
+    memory: dict | None = None,
 ) -> dict:
     """Stage 1: read, validate and check eligibility; keep the clean orders for the next stages.
 
@@ -222,6 +248,8 @@ def validate(
         activation); otherwise a NotEligibleError says what is missing.
     read_at : datetime, optional
         When the data was read (naive UTC); defaults to now.
+    memory : dict, optional
+        Hand the clean orders to the next stages in memory (:func:`refit`), not in ``work/``.
 
     Returns
     -------
@@ -245,10 +273,8 @@ def validate(
         run = {"account": account_id, "as_of": as_of.isoformat(), "run_id": f"{as_of:%Y%m%d}-{fingerprint[:12]}",
                "previous_run": previous["run_id"] if previous else None}
         with _step(account_id, "keep clean orders"):
-            store.write_parquet(_run_file(store, run, "work/transactions.parquet"),
-                                con.sql("SELECT * FROM transactions").to_arrow_table())
-            store.write_parquet(_run_file(store, run, "work/contacts.parquet"),
-                                con.sql("SELECT * FROM contacts").to_arrow_table())
+            _put(store, run, "transactions", con.sql("SELECT * FROM transactions").to_arrow_table(), memory)
+            _put(store, run, "contacts", con.sql("SELECT * FROM contacts").to_arrow_table(), memory)
             store.write_parquet(_run_file(store, run, "quarantine.parquet"), quarantined_rows(con))
         store.write_json(_run_file(store, run, "validation.json"), {
             "fingerprint": fingerprint,
@@ -262,37 +288,46 @@ def validate(
         con.close()
 
 
-def features(project: Project, run: dict) -> dict:
-    """Stage 2: per-customer features of the history window (``work/features.parquet``)."""
+def features(project: Project, run: dict, memory: dict | None = None) -> dict:
+    """Stage 2: per-customer features of the history window and the backtest's split, in one pass.
+
+    ``work/features.parquet``: :func:`clv_jobs.features.build_features`;
+    ``work/calibration.parquet``: the calibration inputs and holdout actuals
+    (:func:`clv_jobs.backtest.holdout_split`).
+    """
     account = project.account(run["account"])
     store = Store(project.store_uri)
+    as_of = dt.date.fromisoformat(run["as_of"])
     con = connect()
     try:
-        con.register("transactions", store.read_arrow(_run_file(store, run, "work/transactions.parquet")))
+        con.register("transactions", _get_arrow(store, run, "transactions", memory))
         with _step(account.account_id, "features"):
-            frame = build_features(con, dt.date.fromisoformat(run["as_of"]), account.timezone,
-                                   account.history_window_months, account.model.time_unit)
+            table = feature_table(con, as_of, account.timezone, account.history_window_months,
+                                  account.model.time_unit, as_of - dt.timedelta(days=account.model.holdout_days))
     finally:
         con.close()
+    frame = features_frame(table)
     if frame.empty:
         raise InputError(f"account {account.account_id}: no buyer in the {account.history_window_months}"
                          f"-month history window before {run['as_of']}")
-    store.write_parquet(_run_file(store, run, "work/features.parquet"), frame)
+    _put(store, run, "features", frame, memory)
+    _put(store, run, "calibration", table.drop_columns(FEATURE_COLUMNS[1:] + ["days_in_window"]), memory)
     return run | {"buyers": int(len(frame))}
 
 
-def _holdout_split(store: Store, run: dict, account: AccountSettings) -> backtest.HoldoutSplit:
-    """The run's clean orders (``work/transactions.parquet``) split for the backtest."""
-    con = connect()
-    try:
-        # Arrow, not pandas: DuckDB scans it in place (the orders are the run's largest table).
-        con.register("transactions", pq.read_table(_run_file(store, run, "work/transactions.parquet"),
-                                                   filesystem=store.fs, columns=["customer_id", "order_ts", "amount"]))
-        return backtest.split_history(con, dt.date.fromisoformat(run["as_of"]), account.timezone,
-                                      account.history_window_months, account.model.holdout_days,
-                                      account.model.time_unit)
-    finally:
-        con.close()
+def _rfm(features: pd.DataFrame) -> pd.DataFrame:
+    """The models' inputs of the run's features (one row per customer: the features stage's GROUP BY)."""
+    rfm = rfm_frame(features)
+    rfm.attrs[UNIQUE_CUSTOMERS] = True
+    return rfm
+
+
+def _holdout_split(store: Store, run: dict, account: AccountSettings, memory: dict | None) -> backtest.HoldoutSplit:
+    """The backtest's split of the run's history (``work/calibration.parquet``)."""
+    holdout_days = account.model.holdout_days
+    split_date = dt.date.fromisoformat(run["as_of"]) - dt.timedelta(days=holdout_days)
+    return backtest.holdout_split(_get_arrow(store, run, "calibration", memory), split_date, holdout_days,
+                                  account.model.time_unit)
 
 
 def _previous_model(store: Store, account_id: str, previous: dict | None) -> dict | None:
@@ -330,7 +365,7 @@ _RUN_KEYS = frozenset({"run_id", "settings", "fingerprint", "backtest", "model_c
                        "rejected"})
 
 
-def fit(project: Project, run: dict) -> dict:
+def fit(project: Project, run: dict, memory: dict | None = None) -> dict:
     """Stage 3: backtest (and choose) the model, fit it, pass it through the quality gate.
 
     1. Backtest (:mod:`clv_jobs.backtest`): the history is split ``holdout_days`` before
@@ -358,12 +393,12 @@ def fit(project: Project, run: dict) -> dict:
     settings = account.model
     store = Store(project.store_uri)
     checks = store.read_json(_run_file(store, run, "validation.json"))
-    rfm = rfm_frame(store.read_parquet(_run_file(store, run, "work/features.parquet")))
+    rfm = _rfm(_get_frame(store, run, "features", memory))
     seconds: dict[str, float] = {}
 
     started = time.perf_counter()
     with _step(account_id, f"backtest ({settings.transaction_model}, last {settings.holdout_days} days held out)"):
-        split = _holdout_split(store, run, account)
+        split = _holdout_split(store, run, account, memory)
         name, backtest_record, choice = backtest.run_backtest(split, settings)
         previous = _previous_model(store, account_id, checks["previous_run"])
         if previous is not None and "model" in backtest_record:
@@ -441,7 +476,7 @@ def fit(project: Project, run: dict) -> dict:
     return run | {"model": previous["model"], "fit_seconds": seconds["fit"], "gate_passed": False}
 
 
-def score(project: Project, run: dict) -> dict:
+def score(project: Project, run: dict, memory: dict | None = None) -> dict:
     """Stage 4: score, segment and group every buyer with the stored model (``scores.parquet``)."""
     account = project.account(run["account"])
     store = Store(project.store_uri)
@@ -449,14 +484,16 @@ def score(project: Project, run: dict) -> dict:
     models = models_from_parameters(stored["model"], stored["parameters"], stored.get("posterior"))
     previous = store.read_json(_run_file(store, run, "validation.json"))["previous_run"]
     with _step(account.account_id, "score and segment"):
-        table = score_account(store.read_parquet(_run_file(store, run, "work/features.parquet")), models,
+        table = score_account(_get_frame(store, run, "features", memory), models,
                               account, _previous_segments(store, account.account_id, previous),
                               time_unit=_model_time_unit(stored, account.model.time_unit))
     store.write_parquet(_run_file(store, run, "scores.parquet"), table)
+    if memory is not None:
+        memory["scores"] = table
     return run
 
 
-def datamodel(project: Project, run: dict) -> dict:
+def datamodel(project: Project, run: dict, memory: dict | None = None) -> dict:
     """Stage 5: write the Datamodel CSV into the run (skipped when the account disables it)."""
     account = project.account(run["account"])
     if not account.datamodel.enabled:
@@ -466,11 +503,12 @@ def datamodel(project: Project, run: dict) -> dict:
     file_name = account.datamodel_file_name(as_of)
     con = connect()
     try:
-        con.register("contacts", store.read_arrow(_run_file(store, run, "work/contacts.parquet")))
+        con.register("contacts", _get_arrow(store, run, "contacts", memory))
+        scores = memory["scores"] if memory is not None else store.read_parquet(_run_file(store, run, "scores.parquet"))
         with tempfile.TemporaryDirectory(prefix="clv-") as workdir, _step(account.account_id, "Datamodel"):
             local_file = Path(workdir) / file_name
             written = write_datamodel(
-                con, store.read_parquet(_run_file(store, run, "scores.parquet")), local_file, account.timezone,
+                con, scores, local_file, account.timezone,
                 account.labels_locale, account.datamodel.extra_columns, account.datamodel.gzip,
             )
             store.upload(str(local_file), _run_file(store, run, file_name))
@@ -553,9 +591,10 @@ def refit(
     :func:`datamodel` → :func:`publish` in one process (the Airflow DAG runs them as tasks).
     Arguments as for :func:`validate`; returns the run summary.
     """
-    run = validate(project, account_id, as_of, force=force, read_at=read_at)
+    memory: dict = {}  # one process: the stages hand their tables over in memory, not through work/
+    run = validate(project, account_id, as_of, force=force, read_at=read_at, memory=memory)
     for stage in (features, fit, score, datamodel):
-        run = stage(project, run)
+        run = stage(project, run, memory=memory)
     return publish(project, run)
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 
 from clv_jobs import backtest, sources
+from clv_jobs.asof import cutoff_utc
 from clv_jobs.backtest import CandidateResult, choose_model, holdout_metrics, naive_metrics, split_history
 from clv_jobs.sample_data import SampleAccount, simulate_account
 from clv_jobs.settings import ModelSettings
@@ -255,3 +256,33 @@ def test_pareto_nbd_simulator_draws_exponential_lifetimes():
     assert not truth.set_index("customer_id").loc[one_time, "alive_at_as_of"].all()
     with pytest.raises(ValueError, match="process must be one of bg_nbd, pareto_nbd"):
         SampleAccount("p", n_buyers=1, history_days=1, process="weibull")
+
+
+@pytest.mark.parametrize(("timezone", "months", "time_unit"), [("UTC", 24, "D"), ("Europe/Madrid", 6, "W")])
+def test_the_one_pass_split_equals_features_as_of_the_split_date(timezone, months, time_unit):
+    """The features pass computes the calibration columns too: they are build_features' as of the split."""
+    from clv_jobs.features import build_features
+
+    sample = simulate_account(SampleAccount("shop", n_buyers=2_000, history_days=500, seed=9, bad_rows=False),
+                              SIM_AS_OF)
+    orders = list(sample.transactions[["customer_id", "order_ts", "amount"]].itertuples(index=False, name=None))
+    con = _session(orders)
+    try:
+        split = split_history(con, SIM_AS_OF, timezone, months, 90, time_unit)
+        expected = build_features(con, split.split_date, timezone, months, time_unit)
+        holdout = con.execute(
+            """SELECT customer_id, count(DISTINCT CAST(timezone($tz, order_ts AT TIME ZONE 'UTC') AS DATE)),
+                      sum(amount)
+               FROM transactions WHERE order_ts >= $start AND order_ts < $end GROUP BY ALL""",
+            {"tz": timezone, "start": cutoff_utc(split.split_date, timezone),
+             "end": cutoff_utc(SIM_AS_OF, timezone)}).fetchall()
+    finally:
+        con.close()
+    columns = ["customer_id", "frequency", "recency", "T", "monetary_value", "mon_value"]
+    pd.testing.assert_frame_equal(split.calibration[columns], expected[columns], check_dtype=False)
+    actual = {customer: (purchases, spend) for customer, purchases, spend in holdout}
+    purchases = [actual.get(c, (0, 0.0))[0] for c in expected["customer_id"]]
+    spend = [actual.get(c, (0, 0.0))[1] for c in expected["customer_id"]]
+    assert split.holdout_purchases.tolist() == purchases
+    np.testing.assert_allclose(split.holdout_spend, spend, rtol=1e-12)
+    assert (split.holdout_purchases > 0).sum() > 100  # the holdout is not empty

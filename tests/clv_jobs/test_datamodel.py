@@ -406,3 +406,22 @@ def test_file_names_the_template_allows(con, tmp_path, name):
     assert result["sha256"] == hashlib.sha256(raw).hexdigest()
     assert (gzip.decompress(raw) if compress else raw).startswith(b"CustomerId,Email,")
     assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_fixed_decimals_print_as_printf_does_on_every_range():
+    """The DECIMAL formatting of money and days gives printf's digits, huge values included."""
+    import duckdb
+
+    from clv_jobs.datamodel import _days, _money
+
+    rng = np.random.default_rng(5)
+    values = np.concatenate([rng.gamma(1.0, 100.0, 20_000) * rng.choice([1, -1], 20_000),
+                             np.round(rng.uniform(-50, 50, 5_000), 3),  # exact halves of a cent
+                             rng.uniform(1e9, 1e11, 5_000), rng.uniform(1e11, 1e16, 1_000),
+                             [0.0, -0.0, -0.004, 0.005, 2.675, 1.005, 999999999999999.9, 1e15, -3e17, 1e300]])
+    con = duckdb.connect()
+    con.register("v", pd.DataFrame({"x": values}))
+    rows = con.execute(f"""SELECT {_money("x")}, printf('%.2f', round(x, 2) + 0.0),
+                                  {_days("x")}, printf('%.1f', round(x, 1) + 0.0) FROM v""").fetchall()
+    assert [(money, days) for money, _, days, _ in rows] == [(money, days) for _, money, _, days in rows]
+    assert not any(money.startswith("-0.00") for money, _, _, _ in rows)

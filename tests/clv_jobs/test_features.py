@@ -300,3 +300,13 @@ def test_weeks_are_the_day_values_divided_by_seven(random_orders):
     reference = _reference(random_orders, "Europe/Madrid", time_unit="D", time_scaler=7)
     np.testing.assert_allclose(weeks["recency"], reference["recency"], rtol=1e-15)
     np.testing.assert_allclose(weeks["T"], reference["T"], rtol=1e-15)
+
+
+def test_feature_columns_have_plain_numeric_types():
+    """Counts are int64 and amounts float64 (a SQL sum of counts is a 128-bit integer unless cast)."""
+    rows = [("a", "2025-01-05 10:00:00", 10.0), ("a", "2025-01-05 12:00:00", 5.0), ("a", "2025-02-01 10:00:00", 7.5)]
+    frame = build_features(_session(rows), AS_OF, "UTC", 24, "D")
+    for column in ("freq_value", "lst90_freq", "lst180_freq", "lst360_freq", "frequency"):
+        assert frame[column].dtype == "int64", column
+    for column in ("mon_value", "lst90_revenue", "rec_value", "recency", "T", "monetary_value"):
+        assert frame[column].dtype == "float64", column
