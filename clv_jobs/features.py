@@ -26,38 +26,33 @@ from clv_jobs.patterns import UNIQUE_CUSTOMERS
 #: Time units the models accept, in days.
 TIME_UNIT_DAYS = {"D": 1.0, "W": 7.0}
 
-#: Revenue/frequency windows of the Datamodel, in days before the as-of instant.
+#: Revenue/frequency windows of the Datamodel: the last N local days before the as-of date.
 WINDOWS = (90, 180, 360)
 
 RFM_COLUMNS = ["customer_id", "frequency", "recency", "T", "monetary_value"]
 
 
-def _window_columns() -> str:
-    """Per purchase day: revenue and orders of the Datamodel's recent windows (exact instants)."""
-    parts = []
-    for days in WINDOWS:
-        recent = f"order_ts >= $cutoff - INTERVAL {days} DAY"
-        parts.append(f"sum(amount) FILTER (WHERE {recent}) AS lst{days}_revenue")
-        parts.append(f"count(*) FILTER (WHERE {recent}) AS lst{days}_freq")
-    return ",\n                   ".join(parts)
+def _day_totals(prefix: str, days: str | None) -> str:
+    """Per customer: purchase days, revenue, first and last day, first day's revenue, of ``days``.
+
+    Each aggregate appears once: DuckDB evaluates a repeated one again, and the per-customer
+    step's cost grows with their number.
+    """
+    where = f" FILTER (WHERE {days})" if days else ""
+    return f"""count(*){where} AS {prefix}days,
+                   sum(day_amount){where} AS {prefix}amount,
+                   min(day){where} AS {prefix}first_day,
+                   max(day){where} AS {prefix}last_day,
+                   arg_min(day_amount, day){where} AS {prefix}first_day_amount"""
 
 
-def _window_totals(in_window: str) -> str:
-    parts = []
-    for days in WINDOWS:
-        parts.append(f"coalesce(sum(lst{days}_revenue) FILTER (WHERE {in_window}), 0) AS lst{days}_revenue")
-        parts.append(f"CAST(coalesce(sum(lst{days}_freq) FILTER (WHERE {in_window}), 0) AS BIGINT) AS lst{days}_freq")
-    return ",\n               ".join(parts)
-
-
-def _model_inputs(days: str, period_end: str, prefix: str = "") -> str:
-    """``frequency, recency, T, monetary_value`` of the purchase days matching ``days``."""
-    return f"""count(*) FILTER (WHERE {days}) - 1 AS {prefix}frequency,
-               date_diff('day', min(day) FILTER (WHERE {days}), max(day) FILTER (WHERE {days})) / $unit_days
-                   AS {prefix}recency,
-               date_diff('day', min(day) FILTER (WHERE {days}), CAST({period_end} AS DATE)) / $unit_days AS {prefix}T,
-               coalesce((sum(day_amount) FILTER (WHERE {days}) - arg_min(day_amount, day) FILTER (WHERE {days}))
-                        / nullif(count(*) FILTER (WHERE {days}) - 1, 0), 0) AS {prefix}monetary_value"""
+def _model_inputs(prefix: str, period_end: str, out: str = "") -> str:
+    """``frequency, recency, T, monetary_value`` from :func:`_day_totals`' columns."""
+    return f"""c.{prefix}days - 1 AS {out}frequency,
+               date_diff('day', c.{prefix}first_day, c.{prefix}last_day) / $unit_days AS {out}recency,
+               date_diff('day', c.{prefix}first_day, CAST({period_end} AS DATE)) / $unit_days AS {out}T,
+               coalesce((c.{prefix}amount - c.{prefix}first_day_amount) / nullif(c.{prefix}days - 1, 0), 0)
+                   AS {out}monetary_value"""
 
 
 #: The backtest's columns of a :func:`feature_table` with a split date.
@@ -70,49 +65,53 @@ def _feature_sql(split: bool) -> str:
 
     Purchase days are local days and every window starts and ends at a local midnight, so
     a day lies wholly inside or outside each window and the per-customer step selects
-    days with ``FILTER``. With ``split``, the same pass adds the backtest's calibration
-    columns (``cal_*``: the model inputs as of the split date, over its own history
-    window) and holdout actuals (purchase days and spend from the split date on).
+    days with ``FILTER``. With ``split``, the orders read start at the calibration's own
+    (earlier) history window and the same pass adds the backtest's calibration columns
+    (``cal_*``: the model inputs as of the split date) and holdout actuals (purchase days
+    and spend from the split date on).
     """
-    in_window = "day >= $window_day"
-    calibration = "day >= $cal_window_day AND day < $split_day"
-    split_columns = f""",
-               count(*) FILTER (WHERE {calibration}) AS cal_days,
-               coalesce(sum(day_amount) FILTER (WHERE {calibration}), 0) AS cal_mon_value,
-               {_model_inputs(calibration, "$cal_period_end", "cal_")},
-               count(*) FILTER (WHERE day >= $split_day) AS holdout_purchases,
-               coalesce(sum(day_amount) FILTER (WHERE day >= $split_day), 0) AS holdout_spend""" if split else ""
-    split_select = "".join(f", c.{column}" for column in SPLIT_COLUMNS) if split else ""
+    in_window = "day >= $window_day" if split else None  # without a split, every day read is in it
+    recent = (lambda days: f"day >= $lst{days}_day")  # noqa: E731 - the windows' shared condition
+    windows = ",\n                   ".join(
+        f"coalesce(sum(day_amount) FILTER (WHERE {recent(d)}), 0) AS lst{d}_revenue,\n                   "
+        f"CAST(coalesce(sum(orders) FILTER (WHERE {recent(d)}), 0) AS BIGINT) AS lst{d}_freq" for d in WINDOWS)
+    where = f" FILTER (WHERE {in_window})" if in_window else ""
+    split_aggregates = f""",
+                   {_day_totals("cal_", "day < $split_day")},
+                   count(*) FILTER (WHERE day >= $split_day) AS holdout_purchases,
+                   coalesce(sum(day_amount) FILTER (WHERE day >= $split_day), 0) AS holdout_spend""" if split else ""
+    split_select = f""",
+               c.cal_days, coalesce(c.cal_amount, 0) AS cal_mon_value,
+               {_model_inputs("cal_", "$cal_period_end", "cal_")},
+               c.holdout_purchases, c.holdout_spend""" if split else ""
     return f"""
         WITH per_day AS (
             SELECT customer_id, {local_day_sql("order_ts")} AS day,
                    sum(amount) AS day_amount, count(*) AS orders,
-                   min(order_ts) AS first_ts, max(order_ts) AS last_ts,
-                   {_window_columns()}
+                   min(order_ts) AS first_ts, max(order_ts) AS last_ts
             FROM transactions
             WHERE order_ts >= $range_start AND order_ts < $cutoff
             GROUP BY ALL
         ),
         per_customer AS (
             SELECT customer_id,
-                   count(*) FILTER (WHERE {in_window}) AS days_in_window,
-                   CAST(sum(orders) FILTER (WHERE {in_window}) AS BIGINT) AS freq_value,
-                   sum(day_amount) FILTER (WHERE {in_window}) AS mon_value,
-                   min(first_ts) FILTER (WHERE {in_window}) AS first_ts,
-                   max(last_ts) FILTER (WHERE {in_window}) AS last_ts,
-                   {_window_totals(in_window)},
-                   {_model_inputs(in_window, "$period_end")}{split_columns}
+                   {_day_totals("w_", in_window)},
+                   CAST(sum(orders){where} AS BIGINT) AS freq_value,
+                   min(first_ts){where} AS first_ts,
+                   -- the window runs to the cutoff: a customer's last day, if any, is in it
+                   max(last_ts) AS last_ts,
+                   {windows}{split_aggregates}
             FROM per_day GROUP BY customer_id
         )
-        SELECT c.customer_id, c.days_in_window,
-               c.freq_value, c.mon_value, c.first_ts, c.last_ts,
+        SELECT c.customer_id, c.w_days AS days_in_window,
+               c.freq_value, c.w_amount AS mon_value, c.first_ts, c.last_ts,
                epoch($cutoff - c.last_ts) / 86400.0 AS rec_value,
                CASE WHEN c.freq_value > 1
                     THEN epoch(c.last_ts - c.first_ts) / 86400.0 / (c.freq_value - 1) END
                    AS days_btw_purchase,
                epoch($cutoff - c.first_ts) / 86400.0 AS tenure_days,
                {", ".join(f"c.lst{d}_revenue, c.lst{d}_freq" for d in WINDOWS)},
-               c.frequency, c.recency, c.T, c.monetary_value{split_select}
+               {_model_inputs("w_", "$period_end")}{split_select}
         FROM per_customer c
         ORDER BY c.customer_id
         """
@@ -147,12 +146,16 @@ def feature_table(
         "tz": timezone,
         "unit_days": TIME_UNIT_DAYS[time_unit],
     }
+    window_day = params["window_day"]
+    # A recent window never reaches before the history window (a window of 6 months, say).
+    params |= {f"lst{days}_day": max(as_of - dt.timedelta(days=days), window_day) for days in WINDOWS}
     if split_date is not None:
         range_start = min(range_start, window_start_utc(split_date, history_window_months, timezone))
         params |= {"split_day": split_date, "cal_window_day": months_before(split_date, history_window_months),
                    "cal_period_end": split_date - dt.timedelta(days=1)}
     params["range_start"] = range_start
-    return con.sql(_feature_sql(split_date is not None), params=params).to_arrow_table()
+    sql = _feature_sql(split_date is not None)
+    return con.sql(sql, params={name: value for name, value in params.items() if f"${name}" in sql}).to_arrow_table()
 
 
 def features_frame(table: pa.Table) -> pd.DataFrame:

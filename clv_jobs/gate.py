@@ -128,7 +128,8 @@ def _gradient_and_hessian(target, x: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return g, (hessian + hessian.T) / 2
 
 
-def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, priors: str) -> dict:
+def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, priors: str,
+                    fitted_patterns: pd.DataFrame | None = None) -> dict:
     """Whether published MAP parameters are at the optimum of pymc-marketing's objective.
 
     Parameters
@@ -139,6 +140,9 @@ def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, 
     rfm : pandas.DataFrame
         The data the model was fitted on.
     priors : {"default", "flat"}
+    fitted_patterns : pandas.DataFrame, optional
+        The weighted patterns of ``rfm`` the fit used (:attr:`FittedModels.patterns`), so
+        that they are not computed again.
 
     Returns
     -------
@@ -151,7 +155,7 @@ def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, 
     from clv_jobs import patterns
 
     target = patterns.objective(name, priors)  # the fit's own objective
-    target.set_data(patterns.patterns_of(name, rfm))
+    target.set_data(patterns.patterns_of(name, rfm) if fitted_patterns is None else fitted_patterns)
     free_names = target.free_names
     values = _free_values(parameters, free_names)
     support = target.bounds
@@ -278,7 +282,7 @@ def evaluate(
         convergence = {}
         for model, values in models.parameters.items():
             try:
-                result = map_convergence(model, values, rfm, settings.priors)
+                result = map_convergence(model, values, rfm, settings.priors, models.patterns.get(model))
             except Exception as exc:  # a check that cannot run is reported, not fatal
                 convergence[model] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
                 continue

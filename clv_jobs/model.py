@@ -69,6 +69,9 @@ class FittedModels:
     #: [[draws of chain 0], [draws of chain 1], ...]}}`` (JSON-ready, for ``model.json``);
     #: ``None`` after a MAP fit.
     posterior: dict[str, dict[str, list[list[float]]]] | None = None
+    #: The weighted patterns each model was fitted on (:mod:`clv_jobs.patterns`), for the
+    #: quality gate's convergence check; not stored.
+    patterns: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def _point_or_draws(self, model: str, names: tuple[str, ...]) -> dict:
         source = self.posterior if self.posterior else self.parameters
@@ -92,7 +95,8 @@ class FittedModels:
         return not self.posterior and self.transaction_model in formulas.KINDS
 
 
-def fit_transaction_model(rfm: pd.DataFrame, name: str, priors: str = "default") -> patterns.MapFit:
+def fit_transaction_model(rfm: pd.DataFrame, name: str, priors: str = "default",
+                          data: pd.DataFrame | None = None) -> patterns.MapFit:
     """Fit one pymc-marketing transaction model by MAP, on weighted unique patterns.
 
     The MAP of pymc-marketing's model (same priors, likelihood and optimiser as its
@@ -105,12 +109,14 @@ def fit_transaction_model(rfm: pd.DataFrame, name: str, priors: str = "default")
         ``customer_id, frequency, recency, T``.
     name : {"pareto_nbd", "bg_nbd", "mbg_nbd"}
     priors : {"default", "flat"}
+    data : pandas.DataFrame, optional
+        ``patterns.transaction_patterns(rfm)``, when already computed.
 
     Returns
     -------
     patterns.MapFit
     """
-    return patterns.find_map(name, patterns.transaction_patterns(rfm), priors)
+    return patterns.find_map(name, patterns.transaction_patterns(rfm) if data is None else data, priors)
 
 
 def _spend_fit_rows(rfm: pd.DataFrame) -> pd.DataFrame:
@@ -125,9 +131,10 @@ def _spend_fit_rows(rfm: pd.DataFrame) -> pd.DataFrame:
     return repeat
 
 
-def fit_spend_model(rfm: pd.DataFrame, priors: str = "default") -> patterns.MapFit:
-    """Fit Gamma-Gamma by MAP on repeat buyers with a positive mean repeat spend (as patterns)."""
-    return patterns.find_map("gamma_gamma", patterns.spend_patterns(_spend_fit_rows(rfm)), priors)
+def fit_spend_model(rfm: pd.DataFrame, priors: str = "default", data: pd.DataFrame | None = None) -> patterns.MapFit:
+    """Fit Gamma-Gamma by MAP on repeat buyers with a positive mean repeat spend (as patterns, or ``data``)."""
+    return patterns.find_map("gamma_gamma", patterns.spend_patterns(_spend_fit_rows(rfm)) if data is None else data,
+                             priors)
 
 
 def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
@@ -144,10 +151,12 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         return _fit_mcmc(rfm, settings)
     try:
         started = time.perf_counter()
-        transaction_fit = fit_transaction_model(rfm, name, settings.priors)
+        fitted_patterns = {name: patterns.transaction_patterns(rfm),
+                           "gamma_gamma": patterns.spend_patterns(_spend_fit_rows(rfm))}
+        transaction_fit = fit_transaction_model(rfm, name, settings.priors, fitted_patterns[name])
         transaction_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        spend_fit = fit_spend_model(rfm, settings.priors)
+        spend_fit = fit_spend_model(rfm, settings.priors, fitted_patterns["gamma_gamma"])
         spend_seconds = time.perf_counter() - started
     except ModelError:
         raise
@@ -173,7 +182,7 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         "transaction_fit_seconds": round(transaction_seconds, 3),
         "spend_fit_seconds": round(spend_seconds, 3),
     }
-    return FittedModels(name, parameters, diagnostics)
+    return FittedModels(name, parameters, diagnostics, patterns=fitted_patterns)
 
 
 def _fit_mcmc(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:

@@ -180,7 +180,7 @@ def score_account(
         if previous_segments is not None else np.full(len(table), np.nan)
     )
     table["evolution"] = segments.evolution(table["segment_id"], previous)
-    table["model"] = models.transaction_model
+    table["model"] = pd.Categorical.from_codes(np.zeros(len(table), dtype=np.int8), [models.transaction_model])
     return table
 
 
@@ -306,6 +306,8 @@ def features(project: Project, run: dict, memory: dict | None = None) -> dict:
                                   account.model.time_unit, as_of - dt.timedelta(days=account.model.holdout_days))
     finally:
         con.close()
+    if memory is not None:
+        del memory["transactions"]  # every later stage reads the features, not the orders
     frame = features_frame(table)
     if frame.empty:
         raise InputError(f"account {account.account_id}: no buyer in the {account.history_window_months}"
@@ -534,7 +536,8 @@ def publish(project: Project, run: dict) -> dict:
                                columns=["segment_id", "score_id", "control_group", "evolution", "clv"])
 
     def counts(column: str) -> dict[str, int]:
-        return {str(k): int(v) for k, v in sorted(table[column].value_counts().items())}
+        # Categorical columns count their unused labels too: only the ones present are listed.
+        return {str(k): int(v) for k, v in sorted(table[column].value_counts().items()) if v}
 
     gate_record = stored.get("gate") or {}
     kept_previous = gate_record.get("passed") is False

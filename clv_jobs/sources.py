@@ -83,6 +83,10 @@ def _file_reader(pattern: str) -> str:
         raise InputError(f"file {pattern} not found")
     lowered = pattern.lower()
     if lowered.endswith((".parquet", ".pq")):
+        if glob.glob(pattern) == [pattern]:
+            # One file: its own row numbers, read in parallel (row_number() OVER () is a
+            # serial pass: 1.3 of 2.9 s on twelve million rows).
+            return f"read_parquet({_quote(pattern)}, file_row_number = true)"
         return f"read_parquet({_quote(pattern)})"
     if lowered.endswith((".csv", ".csv.gz", ".txt", ".tsv")):
         # Everything as text: a bad value must reach validation as a quarantined row,
@@ -119,8 +123,11 @@ def _load(
     optional: tuple[str, ...],
     filter_account: bool = True,
 ) -> int:
-    available = _columns(con, relation_sql)
+    available = [name for name in _columns(con, relation_sql) if name != "file_row_number"]
     select = _select_list(available, required, optional, where)
+    numbered = (f"(SELECT file_row_number + 1 AS source_row, * EXCLUDE (file_row_number) FROM {relation_sql})"
+                if "file_row_number = true" in relation_sql
+                else f"(SELECT row_number() OVER () AS source_row, * FROM {relation_sql})")
     # A file without account_id holds one account's rows; a shared table is filtered
     # (a PostgreSQL query filters on the server: filter_account=False).
     account_filter = (
@@ -133,7 +140,7 @@ def _load(
         CREATE OR REPLACE TEMP TABLE {table} AS
         SELECT source_row, {select}
         -- Rows are numbered before the account filter: "row N" is the file's N-th data row.
-        FROM (SELECT row_number() OVER () AS source_row, * FROM {relation_sql})
+        FROM {numbered}
         {account_filter}
         """
     )

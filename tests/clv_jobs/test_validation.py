@@ -401,3 +401,24 @@ def test_source_rows_count_every_account_of_a_shared_file(tmp_path):
     report = _validate(con)
     assert loaded["transactions"] == 2
     assert report.examples == {"invalid_amount": [4]}  # the file's 4th data row
+
+
+@pytest.mark.parametrize("files", [1, 2])
+def test_parquet_rows_keep_their_file_row_number_and_typed_timestamps_need_no_parsing(tmp_path, files):
+    """A typed Parquet file: bad rows are named by their data row, duplicates keep the first copy."""
+    rows = _good(6) + [_row("dup", customer_id="c1", amount=1.0), _row("dup", customer_id="c2", amount=2.0),
+                       _row("neg", amount=-5.0), _row("late", order_ts="2025-06-05 00:00:00")]
+    frame = pd.DataFrame(rows).drop(columns=["ingested_at"])
+    frame["order_ts"] = pd.to_datetime(frame["order_ts"]).astype("datetime64[ms]")  # not microseconds
+    halves = [frame] if files == 1 else [frame.iloc[:5], frame.iloc[5:]]
+    for i, part in enumerate(halves):
+        part.to_parquet(tmp_path / f"orders_{i}.parquet", index=False)
+    pattern = str(tmp_path / ("orders_0.parquet" if files == 1 else "orders_*.parquet"))
+    con = connect()
+    load_account(con, FilesSource(type="files", transactions=pattern), "acc")
+    report = _validate(con)
+    assert report.quarantined == {"invalid_amount": 1} and report.examples == {"invalid_amount": [9]}
+    assert (report.rows_read, report.rows_clean, report.rows_later, report.duplicates) == (10, 7, 1, 1)
+    clean = _clean(con)
+    assert clean.loc[clean["order_id"] == "dup", "amount"].tolist() == [1.0]  # the first copy (row 7)
+    assert clean["order_ts"].min() == pd.Timestamp("2025-05-01 10:00:00")
