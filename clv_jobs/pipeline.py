@@ -119,8 +119,9 @@ def check_eligibility(
 def _fingerprint(con: duckdb.DuckDBPyConnection, account: AccountSettings, previous: dict | None) -> str:
     """Hash of everything a run's output depends on: same inputs, same run id, same bytes."""
     data = con.execute(
-        "SELECT count(*), sum(amount), bit_xor(hash(customer_id, order_id, order_ts, amount)) "
-        "FROM transactions"
+        # Integer sums and xors: the same rows give the same fingerprint in any order.
+        "SELECT count(*), bit_xor(hash(customer_id, order_id, order_ts, amount)), "
+        "sum(hash(customer_id, order_id, order_ts, amount) >> 32) FROM transactions"
     ).fetchall()[0]
     contacts = con.execute(
         "SELECT count(*), bit_xor(hash(customer_id, contact_id, email, email_opt_in)) FROM contacts"
@@ -629,8 +630,12 @@ def export(project: Project, account_id: str, as_of: dt.date | None = None) -> d
         "model_version": pointer["model_version"],
     }
     with tempfile.TemporaryDirectory(prefix="clv-export-") as workdir:
+        stored = store.run_path(account_id, run_day, pointer["run_id"], datamodel["file"])
         local_file = Path(workdir) / datamodel["file"]
-        store.download(store.run_path(account_id, run_day, pointer["run_id"], datamodel["file"]), str(local_file))
+        if store.is_local:
+            local_file = Path(stored)  # delivered from where it lies: no copy of a file of hundreds of MB
+        else:
+            store.download(stored, str(local_file))
         destinations = [
             dest.model_copy(update={"path": project.resolve(dest.path)}) if dest.type == "local" else dest
             for dest in account.datamodel.destinations
