@@ -2,7 +2,9 @@
 
 Two families of columns, both over the account's history window:
 
-- the Datamodel's descriptive columns (orders, revenue, recency in days, windows);
+- the Datamodel's descriptive columns (orders, revenue, recency in days, and the revenue
+  and orders of the last 90/180/360 local calendar days before the as-of date — local
+  days, so that a daylight-saving change between then and now moves no order in or out);
 - the models' inputs in the canonical pymc-marketing / lifetimes shape
   (``frequency, recency, T, monetary_value``), with ``rfm_summary``'s conventions: orders
   are grouped by calendar day in the account's time zone, ``frequency`` counts repeat

@@ -2,8 +2,9 @@
 
 Transaction models (``ModelSettings.transaction_model``): Pareto/NBD (default), BG/NBD,
 MBG/NBD; spend model: Gamma-Gamma on repeat buyers' mean repeat-day spend. Every
-prediction is pymc-marketing's own method on the fitted model, so the published numbers
-are its formulas exactly. Predictions are computed once per distinct
+prediction is pymc-marketing's formula: its own method on the fitted model, or, for a MAP
+fit of BG/NBD, MBG/NBD and Gamma-Gamma, the same closed form in NumPy
+(:mod:`clv_jobs.formulas`, checked against the method). Predictions are computed once per distinct
 ``(frequency, recency, T, monetary_value)`` pattern and joined back: customers with the
 same pattern have the same scores, and there are far fewer patterns than customers.
 

@@ -310,3 +310,20 @@ def test_feature_columns_have_plain_numeric_types():
         assert frame[column].dtype == "int64", column
     for column in ("mon_value", "lst90_revenue", "rec_value", "recency", "T", "monetary_value"):
         assert frame[column].dtype == "float64", column
+
+
+def test_recent_windows_are_local_calendar_days_across_a_daylight_saving_change():
+    """Madrid, as of 2025-06-01 (summer time): the 90-day window starts on local 2025-03-03 00:00 (winter time)."""
+    as_of = dt.date(2025, 6, 1)
+    rows = [("m", dt.datetime(2025, 3, 2, 22, 30), 1.0),   # 23:30 local on 2 March: 91 days before
+            ("m", dt.datetime(2025, 3, 2, 23, 30), 2.0),   # 00:30 local on 3 March: inside
+            ("m", dt.datetime(2025, 5, 31, 21, 59), 4.0)]  # 23:59 local on 31 May: inside
+    features = _features(rows, timezone="Europe/Madrid", as_of=as_of)
+    assert features.loc["m", "lst90_revenue"] == 6.0 and features.loc["m", "lst90_freq"] == 2
+    assert features.loc["m", "lst180_revenue"] == 7.0
+
+
+def test_recent_windows_stay_inside_a_short_history_window():
+    rows = [("s", dt.datetime(2024, 9, 1, 12), 1.0), ("s", dt.datetime(2025, 3, 1, 12), 2.0)]
+    features = _features(rows, months=6)  # the window starts on 2024-12-01: 360 days reach before it
+    assert features.loc["s", "lst360_revenue"] == 2.0 and features.loc["s", "mon_value"] == 2.0
