@@ -723,6 +723,15 @@ def plan(args: argparse.Namespace) -> list[tuple[str, int, list[str], dict[str, 
     return comparisons
 
 
+def _outputs(result, read):
+    """``read(result.outdir)``, or None with the result marked failed when the outputs are unreadable."""
+    try:
+        return read(result.outdir)
+    except (OSError, KeyError, ValueError) as exc:
+        result.status, result.reason = "failed", f"outputs unreadable: {exc}"
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Generate the data, run every comparison, print and append the report; the exit status."""
     raw_argv = list(sys.argv[1:] if argv is None else argv)
@@ -764,10 +773,8 @@ def main(argv: list[str] | None = None) -> int:
         project = ran[PROJECT]
         if project.status != "ok":
             continue
-        try:
-            project_out = project_outputs(project.outdir)
-        except (OSError, KeyError, ValueError) as exc:
-            project.status, project.reason = "failed", f"outputs unreadable: {exc}"
+        project_out = _outputs(project, project_outputs)
+        if project_out is None:
             continue
         seconds = project_log_stages(project.log_path) or project_out[2]
         if seconds:
@@ -776,10 +783,8 @@ def main(argv: list[str] | None = None) -> int:
             result = ran.get(reference)
             if result is None or result.status != "ok":
                 continue
-            try:
-                other = reference_outputs(result.outdir)
-            except (OSError, KeyError, ValueError) as exc:
-                result.status, result.reason = "failed", f"outputs unreadable: {exc}"
+            other = _outputs(result, reference_outputs)
+            if other is None:
                 continue
             if other[2]:
                 stage_notes.append(_stage_note(model, buyers, reference, other[2]))

@@ -73,10 +73,9 @@ def _feature_sql(split: bool) -> str:
     and spend from the split date on).
     """
     in_window = "day >= $window_day" if split else None  # without a split, every day read is in it
-    recent = (lambda days: f"day >= $lst{days}_day")  # noqa: E731 - the windows' shared condition
     windows = ",\n                   ".join(
-        f"coalesce(sum(day_amount) FILTER (WHERE {recent(d)}), 0) AS lst{d}_revenue,\n                   "
-        f"CAST(coalesce(sum(orders) FILTER (WHERE {recent(d)}), 0) AS BIGINT) AS lst{d}_freq" for d in WINDOWS)
+        f"coalesce(sum(day_amount) FILTER (WHERE day >= $lst{d}_day), 0) AS lst{d}_revenue,\n                   "
+        f"CAST(coalesce(sum(orders) FILTER (WHERE day >= $lst{d}_day), 0) AS BIGINT) AS lst{d}_freq" for d in WINDOWS)
     where = f" FILTER (WHERE {in_window})" if in_window else ""
     split_aggregates = f""",
                    {_day_totals("cal_", "day < $split_day")},

@@ -147,13 +147,13 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         Too little data, or a fit that fails or gives non-finite parameters.
     """
     name = settings.transaction_model
-    _spend_fit_rows(rfm)  # fail in milliseconds, not after a transaction fit, when too small
+    repeat_buyers = _spend_fit_rows(rfm)  # fail in milliseconds, not after a transaction fit, when too small
     if settings.fit_method == "mcmc":
         return _fit_mcmc(rfm, settings)
     try:
         started = time.perf_counter()
         fitted_patterns = {name: patterns.transaction_patterns(rfm),
-                           "gamma_gamma": patterns.spend_patterns(_spend_fit_rows(rfm))}
+                           "gamma_gamma": patterns.spend_patterns(repeat_buyers)}
         transaction_fit = fit_transaction_model(rfm, name, settings.priors, fitted_patterns[name])
         transaction_seconds = time.perf_counter() - started
         started = time.perf_counter()

@@ -90,10 +90,9 @@ def _timestamp_sql(con: duckdb.DuckDBPyConnection) -> str:
     """
     types = dict(con.execute("SELECT column_name, column_type FROM (DESCRIBE raw_transactions)").fetchall())
     kind = types.get("order_ts", "")
-    if kind.startswith("TIMESTAMP WITH TIME ZONE"):
-        return "CAST(order_ts AS TIMESTAMP)"
     if kind.startswith("TIMESTAMP"):
-        return "CAST(order_ts AS TIMESTAMP)"  # any precision (ns, ms, s) to microseconds
+        # Zoned: to UTC (the session's zone); naive, any precision (ns, ms, s): to microseconds.
+        return "CAST(order_ts AS TIMESTAMP)"
     return "TRY_CAST(TRY_CAST(order_ts AS TIMESTAMPTZ) AS TIMESTAMP)"
 
 
