@@ -1,10 +1,11 @@
-"""pymc-marketing's BG/NBD, MBG/NBD and Gamma-Gamma closed forms in NumPy, for point parameters.
+"""pymc-marketing's BG/NBD, MBG/NBD, Pareto/NBD and Gamma-Gamma closed forms in NumPy, for point parameters.
 
 A MAP fit and its scores need no PyMC at all: the log-posterior these models maximise and
 the predictions they publish are closed forms. Evaluated here with NumPy and SciPy (the
-same ``scipy.special`` functions pymc-marketing's predictive methods call), a process
-scoring a BG/NBD account skips PyMC's import and PyTensor's compilation (about 8 s per
-process) and xarray's per-call overhead.
+same ``scipy.special`` functions pymc-marketing's predictive methods call), a refit skips
+PyMC's and pymc-marketing's import and PyTensor's compilation (about 8 s per process, paid
+again by every Pareto/NBD prediction, which pymc-marketing compiles anew on each call) and
+xarray's per-call overhead.
 
 - :class:`NumpyObjective`: the log-posterior of :func:`clv_jobs.patterns.pymc_model`
   (pymc-marketing's priors and likelihood on weighted patterns, no Jacobian, as
@@ -12,15 +13,18 @@ process) and xarray's per-call overhead.
   variables in the same order; :func:`clv_jobs.patterns.find_map` runs the same L-BFGS-B
   on it. The per-customer terms depend on a pattern through ``frequency`` (a few hundred
   distinct values), ``recency`` and ``T`` (whole days: a few hundred each), so the special
-  functions are evaluated once per distinct value and only an ``exp`` runs per pattern.
+  functions are evaluated once per distinct value (BG/NBD, MBG/NBD) or distinct
+  ``(frequency, recency)`` and ``(frequency, T)`` pair (Pareto/NBD) and only an ``exp``
+  or a ``logaddexp`` runs per pattern.
+- Pareto/NBD's likelihood holds ``2F1(a, b; a + 1; z)`` whose parameters move with the
+  model's: :func:`log_hyp2f1_tied` sums its series with the derivatives, as pytensor's
+  ``hyp2f1`` gradient does.
 - :func:`transaction_predictions`, :func:`expected_spend`, :func:`lifetime_value`: the
   bodies of ``expected_probability_alive``, ``expected_purchases``,
   ``expected_customer_spend`` and ``clv.utils.customer_lifetime_value``.
 
-Pareto/NBD's likelihood needs the gradient of a hypergeometric function in its
-parameters, which only PyTensor provides: it keeps :class:`clv_jobs.patterns.Objective`
-and pymc-marketing's methods. ``tests/clv_jobs/test_formulas.py`` checks every function
-here against the PyMC model and pymc-marketing's methods.
+``tests/clv_jobs/test_formulas.py`` checks every function here against the PyMC model
+(:class:`clv_jobs.patterns.Objective`) and pymc-marketing's methods.
 """
 
 from __future__ import annotations
@@ -33,10 +37,11 @@ import pandas as pd
 from scipy.special import digamma, expit, gammaln, hyp2f1
 
 #: Models with closed forms here.
-KINDS = ("bg_nbd", "mbg_nbd", "gamma_gamma")
+KINDS = ("bg_nbd", "mbg_nbd", "pareto_nbd", "gamma_gamma")
 
 #: pymc-marketing's default priors (``default_model_config``): Weibull(alpha, beta) shapes.
-_WEIBULL = {"alpha": (2.0, 10.0), "r": (2.0, 1.0), "p": (2.0, 1.0), "q": (2.0, 1.0), "v": (2.0, 10.0)}
+_WEIBULL = {"alpha": (2.0, 10.0), "r": (2.0, 1.0), "p": (2.0, 1.0), "q": (2.0, 1.0), "v": (2.0, 10.0),
+            "s": (2.0, 1.0), "beta": (2.0, 10.0)}
 
 #: The models' free variables in ``pymc_model``'s creation order (``model.value_vars``).
 FREE_VARIABLES = {
@@ -44,6 +49,8 @@ FREE_VARIABLES = {
     ("bg_nbd", "flat"): ("alpha", "a", "b", "r"),
     ("gamma_gamma", "default"): ("p", "q", "v"),
     ("gamma_gamma", "flat"): ("p", "q", "v"),
+    ("pareto_nbd", "default"): ("alpha", "beta", "r", "s"),
+    ("pareto_nbd", "flat"): ("alpha", "beta", "r", "s"),
 }
 FREE_VARIABLES[("mbg_nbd", "default")] = FREE_VARIABLES[("bg_nbd", "default")]
 FREE_VARIABLES[("mbg_nbd", "flat")] = FREE_VARIABLES[("bg_nbd", "flat")]
@@ -107,6 +114,102 @@ def _grouped(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return distinct, index.ravel()
 
 
+#: Most terms of the hypergeometric series summed per value (pytensor's ``hyp2f1`` gradient loop cap).
+_MAX_SERIES_TERMS = 1_000_000
+
+
+def log_hyp2f1_tied(a: np.ndarray, b: np.ndarray, z: np.ndarray, gradient: bool = True):
+    """``log 2F1(a, b; a + 1; z)`` for ``0 <= z < 1``, and its derivatives.
+
+    In ``a`` (``c = a + 1`` moving with it), ``b`` and ``z``: the form Pareto/NBD's
+    likelihood needs; SciPy gives the value but no derivative in the parameters. Euler's
+    transformation ``(1 - z) ** (1 - b) * 2F1(1, a + 1 - b; a + 1; z)`` leaves a series of
+    positive, decreasing terms when ``a + 1 - b > 0`` (always, in Pareto/NBD), summed with
+    each term's logarithmic derivatives as pytensor's ``hyp2f1`` gradient does, until a
+    term no longer moves the sums at double precision.
+
+    Returns
+    -------
+    tuple
+        ``(value, d_a, d_b, d_z)``; the derivatives are None without ``gradient``.
+    """
+    shifted, lower = a + 1.0 - b, a + 1.0  # 2F1(1, shifted; lower; z)
+    total = np.ones_like(z)
+    d_shifted, d_lower, d_z = (np.zeros_like(z) for _ in range(3))
+    active = np.arange(z.size)
+    term, log_d_shifted, log_d_lower = np.ones(active.size), np.zeros(active.size), np.zeros(active.size)
+    for k in range(_MAX_SERIES_TERMS):
+        if not active.size:
+            break
+        ratio = (shifted[active] + k) / (lower[active] + k)
+        if gradient:
+            d_z[active] += (k + 1) * term * ratio  # d/dz of the next term: (k + 1) term_(k+1) / z
+            log_d_shifted += 1.0 / (shifted[active] + k)
+            log_d_lower += 1.0 / (lower[active] + k)
+        term = term * ratio * z[active]
+        total[active] += term
+        if gradient:
+            d_shifted[active] += term * log_d_shifted
+            d_lower[active] += term * log_d_lower
+        # Stop when the rest of the series (below term / (1 - z), k / (1 - z)**2 for d/dz) is lost in rounding.
+        going = term * (k + 2) > 1e-17 * total[active] * (1.0 - z[active]) ** 2
+        active, term = active[going], term[going]
+        log_d_shifted, log_d_lower = log_d_shifted[going], log_d_lower[going]
+    log_1mz = np.log1p(-z)
+    value = (1.0 - b) * log_1mz + np.log(total)
+    if not gradient:
+        return value, None, None, None
+    return (value, (d_shifted - d_lower) / total, -log_1mz - d_shifted / total,
+            (b - 1.0) / (1.0 - z) + d_z / total)
+
+
+def _scipy_log_hyp2f1_tied(a: np.ndarray, b: np.ndarray, z: np.ndarray, gradient: bool = False):
+    """:func:`log_hyp2f1_tied`'s value by ``scipy.special.hyp2f1``, as pymc-marketing's predictions take it."""
+    return np.log(hyp2f1(a, b, a + 1.0, z)), None, None, None
+
+
+def _pareto_nbd_pieces(r: float, alpha: float, s: float, beta: float, x_u, t_x_u, x_v, T_v, log_hyp):
+    """pymc-marketing's ``ParetoNBD.logp`` split by what each part depends on.
+
+    ``log_like = a1 + logaddexp(a2, a3 + h2)`` where ``a1, a2, a3`` are of the
+    ``(frequency, recency)`` pairs ``x_u, t_x_u`` and ``h2`` of the ``(frequency, T)``
+    pairs ``x_v, T_v`` (the same arrays twice when there is one pattern per row).
+    ``log_hyp`` is :func:`log_hyp2f1_tied` or :func:`_scipy_log_hyp2f1_tied`.
+
+    Returns
+    -------
+    dict
+        The four parts, and what their derivatives need: ``cond`` (alpha >= beta), the
+        larger and smaller of alpha and beta, the two hypergeometric terms' results.
+    """
+    cond = alpha >= beta
+    larger, smaller = (alpha, beta) if cond else (beta, alpha)
+    difference = larger - smaller
+    rsx_u, rx_u = r + s + x_u, r + x_u
+    log_larger_t = np.log(larger + t_x_u)
+    refactored = rsx_u * log_larger_t  # factored out of the first hypergeometric term for stability
+    hyp_1 = log_hyp(rsx_u, np.full_like(rsx_u, s + 1.0) if cond else rx_u, difference / (larger + t_x_u))
+    rsx_v = r + s + x_v
+    log_larger_T = np.log(larger + T_v)
+    hyp_2 = log_hyp(rsx_v, np.full_like(rsx_v, s) if cond else r + x_v + 1.0, difference / (larger + T_v))
+    return {
+        "a1": gammaln(rx_u) - gammaln(r) + r * math.log(alpha) + s * math.log(beta) - refactored,
+        "a2": math.log(s) - np.log(rsx_u) + hyp_1[0],
+        "a3": np.log(rx_u) - np.log(rsx_u) + refactored,
+        "h2": hyp_2[0] - rsx_v * log_larger_T,
+        "cond": cond, "larger": larger, "smaller": smaller, "hyp_1": hyp_1, "hyp_2": hyp_2,
+        "log_larger_t": log_larger_t, "log_larger_T": log_larger_T,
+    }
+
+
+def pareto_nbd_log_likelihood(parameters: dict[str, float], x, t_x, T) -> np.ndarray:
+    """Per-customer log-likelihood of pymc-marketing's ``ParetoNBD`` (``ParetoNBDModel._logp``)."""
+    r, alpha, s, beta = (parameters[k] for k in ("r", "alpha", "s", "beta"))
+    x, t_x, T = (np.asarray(v, dtype=float) for v in (x, t_x, T))
+    pieces = _pareto_nbd_pieces(r, alpha, s, beta, x, t_x, x, T, _scipy_log_hyp2f1_tied)
+    return pieces["a1"] + np.logaddexp(pieces["a2"], pieces["a3"] + pieces["h2"])
+
+
 class NumpyObjective:
     """:class:`clv_jobs.patterns.Objective`'s interface, in NumPy, for :data:`KINDS`.
 
@@ -144,9 +247,16 @@ class NumpyObjective:
                 "n": float(count.sum()),
             }
             return
-        from clv_jobs.patterns import _check_transaction_patterns
+        from clv_jobs.patterns import _check_transaction_patterns, _pareto_pairs
 
         _check_transaction_patterns(patterns)
+        if self.kind == "pareto_nbd":
+            pairs = _pareto_pairs(patterns)
+            self._data = pairs | {
+                "count": count, "n": float(count.sum()),
+                "count_xt": np.bincount(pairs["xt_index"], weights=count, minlength=pairs["x_u"].size),
+            }
+            return
         t_x = patterns["recency"].to_numpy(dtype=float)
         T = patterns["T"].to_numpy(dtype=float)
         x_u, x_index = _grouped(x)
@@ -209,6 +319,50 @@ class NumpyObjective:
                - float(w4 @ (1.0 / b_x)))
         return value, np.array([d_r, d_alpha, d_a, d_b])
 
+    def _pareto_terms(self, r: float, alpha: float, s: float, beta: float, gradient: bool):
+        """Sum over patterns of the Pareto/NBD log-likelihood, and d/d(r, alpha, s, beta).
+
+        Per pattern ``a1 + logaddexp(a2, a3 + h2)`` (:func:`_pareto_nbd_pieces`); the
+        derivatives are summed per pair, weighted by the patterns' counts and the two
+        branches' shares of the ``logaddexp``.
+        """
+        d = self._data
+        x_u, t_u, x_v, T_v = d["x_u"], d["t_x_u"], d["x_v"], d["T_v"]
+        xt, xT, count = d["xt_index"], d["xT_index"], d["count"]
+        pieces = _pareto_nbd_pieces(r, alpha, s, beta, x_u, t_u, x_v, T_v,
+                                    functools.partial(log_hyp2f1_tied, gradient=gradient))
+        first, second = pieces["a2"][xt], pieces["a3"][xt] + pieces["h2"][xT]
+        value = float(d["count_xt"] @ pieces["a1"] + count @ np.logaddexp(first, second))
+        if not gradient:
+            return value, None
+        share = count * expit(first - second)  # of the a2 branch, times the pattern's count
+        n_u = d["count_xt"]
+        w2_u = np.bincount(xt, weights=share, minlength=x_u.size)
+        w3_u = n_u - w2_u
+        w3_v = np.bincount(xT, weights=count - share, minlength=x_v.size)
+        cond, larger, smaller = pieces["cond"], pieces["larger"], pieces["smaller"]
+        _, h1_a, h1_b, h1_z = pieces["hyp_1"]
+        _, h2_a, h2_b, h2_z = pieces["hyp_2"]
+        rsx_u, rsx_v = r + s + x_u, r + s + x_v
+        log_t, log_T = pieces["log_larger_t"], pieces["log_larger_T"]
+        # The second parameter of both hypergeometric terms is s + 1 and s when alpha >= beta,
+        # r + x and r + x + 1 otherwise; the first is r + s + x; z = (larger - smaller) / (larger + t).
+        d_r = (n_u @ (digamma(r + x_u) - log_t) + d["n"] * (math.log(alpha) - digamma(r))
+               + w2_u @ (-1.0 / rsx_u + h1_a + (0.0 if cond else h1_b))
+               + w3_u @ (1.0 / (r + x_u) - 1.0 / rsx_u + log_t)
+               + w3_v @ (h2_a + (0.0 if cond else h2_b) - log_T))
+        d_s = (d["n"] * math.log(beta) - n_u @ log_t
+               + w2_u @ (1.0 / s - 1.0 / rsx_u + h1_a + (h1_b if cond else 0.0))
+               + w3_u @ (-1.0 / rsx_u + log_t)
+               + w3_v @ (h2_a + (h2_b if cond else 0.0) - log_T))
+        inv_t, inv_T = 1.0 / (larger + t_u), 1.0 / (larger + T_v)
+        d_larger = (-(n_u - w3_u) @ (rsx_u * inv_t) - w3_v @ (rsx_v * inv_T)
+                    + w2_u @ (h1_z * (smaller + t_u) * inv_t**2) + w3_v @ (h2_z * (smaller + T_v) * inv_T**2))
+        d_smaller = -(w2_u @ (h1_z * inv_t)) - w3_v @ (h2_z * inv_T)
+        d_alpha = d["n"] * r / alpha + (d_larger if cond else d_smaller)
+        d_beta = d["n"] * s / beta + (d_smaller if cond else d_larger)
+        return value, np.array([d_r, d_alpha, d_s, d_beta])
+
     def _spend_terms(self, p: float, q: float, v: float, gradient: bool):
         """Sum over patterns of the Gamma-Gamma log-likelihood, and d/d(p, q, v)."""
         d = self._data
@@ -243,6 +397,8 @@ class NumpyObjective:
     def _loglike(self, values: dict[str, float], gradient: bool):
         if self.kind == "gamma_gamma":
             return self._spend_terms(values["p"], values["q"], values["v"], gradient)
+        if self.kind == "pareto_nbd":
+            return self._pareto_terms(values["r"], values["alpha"], values["s"], values["beta"], gradient)
         return self._transaction_terms(values["r"], values["alpha"], values["a"], values["b"], gradient)
 
     def logp_and_gradient(self, x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -250,7 +406,8 @@ class NumpyObjective:
         values = self.parameters(x)
         with np.errstate(all="ignore"):
             loglike, d_model = self._loglike(values, gradient=True)
-        names = ("p", "q", "v") if self.kind == "gamma_gamma" else ("r", "alpha", "a", "b")
+        names = {"gamma_gamma": ("p", "q", "v"), "pareto_nbd": ("r", "alpha", "s", "beta")}.get(
+            self.kind, ("r", "alpha", "a", "b"))
         d_values = dict(zip(names, d_model, strict=True))
         if "phi_dropout" in values:  # a = phi kappa, b = (1 - phi) kappa
             phi, kappa = values["phi_dropout"], values["kappa_dropout"]
@@ -289,17 +446,22 @@ class NumpyObjective:
 
 def transaction_predictions(name: str, parameters: dict[str, float], x: np.ndarray, t_x: np.ndarray,
                             T: np.ndarray, future_t: float) -> dict[str, np.ndarray]:
-    """P-Alive and expected purchases over ``(T, T + future_t]`` of BG/NBD or MBG/NBD.
+    """P-Alive and expected purchases over ``(T, T + future_t]`` of BG/NBD, MBG/NBD or Pareto/NBD.
 
-    The bodies of pymc-marketing's ``BetaGeoModel`` / ``ModifiedBetaGeoModel``
-    ``expected_probability_alive`` and ``expected_purchases``.
+    The bodies of pymc-marketing's ``BetaGeoModel`` / ``ModifiedBetaGeoModel`` /
+    ``ParetoNBDModel`` ``expected_probability_alive`` and ``expected_purchases``.
     """
     return {"p_alive": probability_alive(name, parameters, x, t_x, T),
             "purchases": expected_purchases(name, parameters, x, t_x, T, future_t)}
 
 
 def probability_alive(name: str, parameters: dict[str, float], x, t_x, T) -> np.ndarray:
-    """``expected_probability_alive`` of BG/NBD or MBG/NBD."""
+    """``expected_probability_alive`` of BG/NBD, MBG/NBD or Pareto/NBD (``future_t = 0``)."""
+    if name == "pareto_nbd":
+        r, alpha, s, beta = (parameters[k] for k in ("r", "alpha", "s", "beta"))
+        log_like = pareto_nbd_log_likelihood(parameters, x, t_x, T)
+        return np.exp(gammaln(r + x) - gammaln(r) + r * np.log(alpha / (alpha + T)) - x * np.log(alpha + T)
+                      + s * np.log(beta / (beta + T)) - log_like)
     a, b, alpha, r = (parameters[k] for k in ("a", "b", "alpha", "r"))
     if name == "mbg_nbd":
         return 1.0 / (1 + (a / (b + x)) * ((alpha + T) / (alpha + t_x)) ** (r + x))
@@ -308,7 +470,15 @@ def probability_alive(name: str, parameters: dict[str, float], x, t_x, T) -> np.
 
 
 def expected_purchases(name: str, parameters: dict[str, float], x, t_x, T, future_t) -> np.ndarray:
-    """``expected_purchases`` of BG/NBD or MBG/NBD over ``future_t``."""
+    """``expected_purchases`` of BG/NBD, MBG/NBD or Pareto/NBD over ``future_t``."""
+    if name == "pareto_nbd":
+        r, alpha, s, beta = (parameters[k] for k in ("r", "alpha", "s", "beta"))
+        log_like = pareto_nbd_log_likelihood(parameters, x, t_x, T)
+        first_term = (gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
+                      - (r + x) * np.log(alpha + T) - s * np.log(beta + T))
+        second_term = np.log(r + x) + np.log(beta + T) - np.log(alpha + T)
+        third_term = np.log((1 - ((beta + T) / (beta + T + future_t)) ** (s - 1)) / (s - 1))
+        return np.exp(first_term + second_term + third_term - log_like)
     a, b, alpha, r = (parameters[k] for k in ("a", "b", "alpha", "r"))
     t = future_t
     if name == "mbg_nbd":

@@ -23,11 +23,12 @@ The models use pymc-marketing's own pieces, so they are its models:
   ``HalfFlat`` when ``priors: flat``), created with the same names and in the same order
   as its ``build_model``.
 
-The data enter the models as PyTensor shared variables, so each model's log-posterior
-and gradient are compiled once per process (:func:`objective`) and reused for every fit
-of every account: compilation is paid once per worker, not once per account. The MAP
-(:func:`find_map`) is ``pm.find_MAP``'s: the same L-BFGS-B from the same initial point on
-the same objective. ``tests/clv_jobs/test_patterns.py`` checks that it equals
+For a MAP fit the same log-posterior and its gradient are NumPy closed forms
+(:class:`clv_jobs.formulas.NumpyObjective`, built once per process by :func:`objective`);
+the PyMC model is what the Bayesian mode samples and what the tests check the closed
+forms against (:class:`Objective`, its compiled log-posterior). The MAP (:func:`find_map`)
+is ``pm.find_MAP``'s: the same L-BFGS-B from the same initial point on the same
+objective. ``tests/clv_jobs/test_patterns.py`` checks that it equals
 pymc-marketing's own ``fit(method="map")`` of the per-customer model.
 """
 
@@ -117,13 +118,15 @@ def _check_transaction_patterns(patterns: pd.DataFrame) -> None:
 
 def _pareto_pairs(patterns: pd.DataFrame) -> dict[str, np.ndarray]:
     """Distinct ``(frequency, recency)`` and ``(frequency, T)`` pairs and each pattern's index into them."""
-    x = patterns["frequency"].to_numpy(dtype=float)
-    t_x = patterns["recency"].to_numpy(dtype=float)
-    T = patterns["T"].to_numpy(dtype=float)
-    xt_pairs, xt_index = np.unique(np.stack([x, t_x], axis=1), axis=0, return_inverse=True)
-    xT_pairs, xT_index = np.unique(np.stack([x, T], axis=1), axis=0, return_inverse=True)
-    return {"x_u": xt_pairs[:, 0], "t_x_u": xt_pairs[:, 1], "xt_index": xt_index.ravel().astype(np.int64),
-            "x_v": xT_pairs[:, 0], "T_v": xT_pairs[:, 1], "xT_index": xT_index.ravel().astype(np.int64)}
+    x_values, x_code = np.unique(patterns["frequency"].to_numpy(dtype=float), return_inverse=True)
+    pairs = {}
+    for time, value_name, index_name in (("recency", "t_x_u", "xt_index"), ("T", "T_v", "xT_index")):
+        # One integer key per pair: a 1-D unique sorts far faster than np.unique(axis=0) on rows.
+        t_values, t_code = np.unique(patterns[time].to_numpy(dtype=float), return_inverse=True)
+        keys, index = np.unique(x_code.astype(np.int64) * t_values.size + t_code, return_inverse=True)
+        pairs[value_name], pairs[index_name] = t_values[keys % t_values.size], index.ravel().astype(np.int64)
+        pairs["x_u" if time == "recency" else "x_v"] = x_values[keys // t_values.size]
+    return pairs
 
 
 def model_data(kind: str, patterns: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -296,7 +299,10 @@ def spend_pymc_model(patterns: pd.DataFrame, priors: str = "default"):
 
 
 class Objective:
-    """A model's log-posterior and gradient, compiled once, on data that can be swapped.
+    """A PyMC model's log-posterior and gradient, compiled once, on data that can be swapped.
+
+    The reference :class:`clv_jobs.formulas.NumpyObjective` is checked against (the fit
+    uses the NumPy one: it needs no PyMC import and no compilation).
 
     The unconstrained (value-variable) point is a vector in the order of
     ``model.value_vars``, as ``pm.find_MAP`` ravels it (every variable is a scalar).
@@ -389,16 +395,13 @@ def _placeholder_patterns(kind: str) -> pd.DataFrame:
 def objective(kind: str, priors: str = "default"):
     """The process's objective of ``kind`` with ``priors`` (built on first use).
 
-    BG/NBD, MBG/NBD and Gamma-Gamma: :class:`clv_jobs.formulas.NumpyObjective` (closed
-    forms, no PyMC); Pareto/NBD: the compiled :class:`Objective`. Its data are swapped by
-    each fit, so fits in one process run one at a time (as the pipeline's stages do;
-    Airflow and the CLI run one task per process).
+    :class:`clv_jobs.formulas.NumpyObjective`: the closed forms, no PyMC. Its data are
+    swapped by each fit, so fits in one process run one at a time (as the pipeline's stages
+    do; Airflow and the CLI run one task per process).
     """
     from clv_jobs import formulas
 
-    if kind in formulas.KINDS:
-        return formulas.NumpyObjective(kind, priors)
-    return Objective(kind, priors)
+    return formulas.NumpyObjective(kind, priors)
 
 
 @dataclasses.dataclass
