@@ -509,12 +509,16 @@ def datamodel(project: Project, run: dict, memory: dict | None = None) -> dict:
         con.register("contacts", _get_arrow(store, run, "contacts", memory))
         scores = memory["scores"] if memory is not None else store.read_parquet(_run_file(store, run, "scores.parquet"))
         with tempfile.TemporaryDirectory(prefix="clv-") as workdir, _step(account.account_id, "Datamodel"):
-            local_file = Path(workdir) / file_name
+            stored = _run_file(store, run, file_name)
+            # A local store gets the file where it belongs (written beside it, then renamed):
+            # no copy of hundreds of MB; an object store gets it uploaded in one stream.
+            local_file = Path(stored) if store.is_local else Path(workdir) / file_name
             written = write_datamodel(
                 con, scores, local_file, account.timezone,
                 account.labels_locale, account.datamodel.extra_columns, account.datamodel.gzip,
             )
-            store.upload(str(local_file), _run_file(store, run, file_name))
+            if not store.is_local:
+                store.upload(str(local_file), stored)
     finally:
         con.close()
     return run | {"datamodel": written | {"file": file_name}}
