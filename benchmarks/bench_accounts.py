@@ -5,7 +5,7 @@ embedded default source), configures them like ``clv demo`` does, then runs what
 monthly job runs for each account (refit: validate, backtest, fit, gate, score,
 Datamodel, publish; then export to a local folder) one after the other in this process,
 as ``clv refit`` and an Airflow worker process do. Prints the first account's time (it
-pays the imports and the compilation of the model objectives), the others' median and
+pays the imports and the first use of each model objective), the others' median and
 total, and the per-account overhead beyond the model work.
 
     .venv/bin/python benchmarks/bench_accounts.py --accounts 200 --buyers 1000
@@ -79,7 +79,7 @@ def run(workdir: Path, n_accounts: int, n_buyers: int) -> dict:
         "total_seconds": total,
         "process_seconds": time.perf_counter() - STARTED,
     }
-    print(f"first account (imports and compilation paid here): {figures['first_account_seconds']:.2f} s")
+    print(f"first account (imports paid here): {figures['first_account_seconds']:.2f} s")
     print(f"every other account: median {figures['median_account_seconds']:.2f} s, of which backtest + fit "
           f"{figures['median_model_seconds']:.2f} s")
     print(f"{n_accounts} accounts in {total:.1f} s ({total / n_accounts:.2f} s per account)")
