@@ -24,7 +24,8 @@ xarray's per-call overhead.
   ``expected_customer_spend`` and ``clv.utils.customer_lifetime_value``.
 
 ``tests/clv_jobs/test_formulas.py`` checks every function here against the PyMC model
-(:class:`clv_jobs.patterns.Objective`) and pymc-marketing's methods.
+(its compiled log-posterior, ``tests/clv_jobs/helpers.PymcObjective``) and
+pymc-marketing's methods.
 """
 
 from __future__ import annotations
@@ -211,7 +212,7 @@ def pareto_nbd_log_likelihood(parameters: dict[str, float], x, t_x, T) -> np.nda
 
 
 class NumpyObjective:
-    """:class:`clv_jobs.patterns.Objective`'s interface, in NumPy, for :data:`KINDS`.
+    """A model's log-posterior and gradient in NumPy, on weighted patterns swapped by :meth:`set_data`.
 
     The point ``x`` is the vector of unconstrained free variables (:data:`FREE_VARIABLES`).
     """

@@ -13,6 +13,7 @@ from numpy.testing import assert_allclose
 
 from clv_jobs import formulas, patterns
 from clv_jobs.model import models_from_parameters
+from tests.clv_jobs.helpers import PymcObjective
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def rfm() -> pd.DataFrame:
 @pytest.mark.parametrize("kind", formulas.KINDS)
 def test_numpy_objective_is_the_pymc_models_log_posterior(rfm, kind, priors):
     data = patterns.patterns_of(kind, rfm)
-    pymc_objective = patterns.Objective(kind, priors)
+    pymc_objective = PymcObjective(kind, priors)
     pymc_objective.set_data(data)
     numpy_objective = formulas.NumpyObjective(kind, priors)
     numpy_objective.set_data(data)
