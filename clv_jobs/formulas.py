@@ -452,15 +452,28 @@ def transaction_predictions(name: str, parameters: dict[str, float], x: np.ndarr
     The bodies of pymc-marketing's ``BetaGeoModel`` / ``ModifiedBetaGeoModel`` /
     ``ParetoNBDModel`` ``expected_probability_alive`` and ``expected_purchases``.
     """
-    return {"p_alive": probability_alive(name, parameters, x, t_x, T),
-            "purchases": expected_purchases(name, parameters, x, t_x, T, future_t)}
+    log_like = history_log_likelihood(name, parameters, x, t_x, T)
+    return {"p_alive": probability_alive(name, parameters, x, t_x, T, log_like),
+            "purchases": expected_purchases(name, parameters, x, t_x, T, future_t, log_like)}
 
 
-def probability_alive(name: str, parameters: dict[str, float], x, t_x, T) -> np.ndarray:
-    """``expected_probability_alive`` of BG/NBD, MBG/NBD or Pareto/NBD (``future_t = 0``)."""
+def history_log_likelihood(name: str, parameters: dict[str, float], x, t_x, T) -> np.ndarray | None:
+    """What Pareto/NBD's predictions divide by (:func:`pareto_nbd_log_likelihood`); None for the others.
+
+    Computed once and passed to each prediction of the same customers: pymc-marketing
+    evaluates it in every method call (a CLV with a monthly discount makes twelve).
+    """
+    return pareto_nbd_log_likelihood(parameters, x, t_x, T) if name == "pareto_nbd" else None
+
+
+def probability_alive(name: str, parameters: dict[str, float], x, t_x, T, log_like=None) -> np.ndarray:
+    """``expected_probability_alive`` of BG/NBD, MBG/NBD or Pareto/NBD (``future_t = 0``).
+
+    ``log_like``: :func:`history_log_likelihood` of these customers, if already computed.
+    """
     if name == "pareto_nbd":
         r, alpha, s, beta = (parameters[k] for k in ("r", "alpha", "s", "beta"))
-        log_like = pareto_nbd_log_likelihood(parameters, x, t_x, T)
+        log_like = pareto_nbd_log_likelihood(parameters, x, t_x, T) if log_like is None else log_like
         return np.exp(gammaln(r + x) - gammaln(r) + r * np.log(alpha / (alpha + T)) - x * np.log(alpha + T)
                       + s * np.log(beta / (beta + T)) - log_like)
     a, b, alpha, r = (parameters[k] for k in ("a", "b", "alpha", "r"))
@@ -470,11 +483,11 @@ def probability_alive(name: str, parameters: dict[str, float], x, t_x, T) -> np.
     return np.where(x == 0, 1.0, expit(-log_div))
 
 
-def expected_purchases(name: str, parameters: dict[str, float], x, t_x, T, future_t) -> np.ndarray:
-    """``expected_purchases`` of BG/NBD, MBG/NBD or Pareto/NBD over ``future_t``."""
+def expected_purchases(name: str, parameters: dict[str, float], x, t_x, T, future_t, log_like=None) -> np.ndarray:
+    """``expected_purchases`` of BG/NBD, MBG/NBD or Pareto/NBD over ``future_t`` (``log_like`` as above)."""
     if name == "pareto_nbd":
         r, alpha, s, beta = (parameters[k] for k in ("r", "alpha", "s", "beta"))
-        log_like = pareto_nbd_log_likelihood(parameters, x, t_x, T)
+        log_like = pareto_nbd_log_likelihood(parameters, x, t_x, T) if log_like is None else log_like
         first_term = (gammaln(r + x) - gammaln(r) + r * np.log(alpha) + s * np.log(beta)
                       - (r + x) * np.log(alpha + T) - s * np.log(beta + T))
         second_term = np.log(r + x) + np.log(beta + T) - np.log(alpha + T)
@@ -503,19 +516,22 @@ def expected_spend(parameters: dict[str, float], x: np.ndarray, monetary_value: 
 
 
 def lifetime_value(name: str, parameters: dict[str, float], x, t_x, T, future_spend, future_t: int = 12,
-                   discount_rate: float = 0.0, time_unit: str = "D") -> np.ndarray:
+                   discount_rate: float = 0.0, time_unit: str = "D", log_like=None) -> np.ndarray:
     """``clv.utils.customer_lifetime_value``: discounted spend of the monthly expected purchases.
 
-    ``future_t`` in months (pymc-marketing's 30.4375 days), ``time_unit`` of ``t_x`` and ``T``.
+    ``future_t`` in months (pymc-marketing's 30.4375 days), ``time_unit`` of ``t_x`` and ``T``;
+    ``log_like`` as in :func:`expected_purchases`.
     """
     from clv_jobs.model import DAYS_PER_MONTH
 
     steps = np.arange(future_t, future_t + 1) if discount_rate == 0.0 else np.arange(1, future_t + 1)
     factor = {"W": DAYS_PER_MONTH / 7, "D": DAYS_PER_MONTH}[time_unit]
+    if log_like is None:
+        log_like = history_log_likelihood(name, parameters, x, t_x, T)
     clv = np.zeros(np.shape(x))
     previous = 0
     for i in steps * factor:
-        purchases = expected_purchases(name, parameters, x, t_x, T, i)
+        purchases = expected_purchases(name, parameters, x, t_x, T, i, log_like)
         clv = clv + (future_spend * (purchases - previous)) / (1 + discount_rate) ** (i / factor)
         previous = purchases
     return clv

@@ -345,12 +345,13 @@ def _closed_form_scores(models: FittedModels, distinct: pd.DataFrame, horizon: f
     x, t_x, T, monetary = (distinct[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
     with np.errstate(all="ignore"):
         expected_spend = formulas.expected_spend(spend, x, monetary)
+        log_like = formulas.history_log_likelihood(name, transaction, x, t_x, T)
         return {
-            "p_alive": formulas.probability_alive(name, transaction, x, t_x, T),
-            "expected_purchases": formulas.expected_purchases(name, transaction, x, t_x, T, horizon),
+            "p_alive": formulas.probability_alive(name, transaction, x, t_x, T, log_like),
+            "expected_purchases": formulas.expected_purchases(name, transaction, x, t_x, T, horizon, log_like),
             "expected_spend": expected_spend,
             "clv": formulas.lifetime_value(name, transaction, x, t_x, T, expected_spend, horizon_months,
-                                           discount_rate, time_unit),
+                                           discount_rate, time_unit, log_like),
         }
 
 
