@@ -4,7 +4,8 @@ UTF-8 without BOM, comma, header, RFC 4180 quoting (only where a field needs it)
 decimals, money to 2 decimals and days to 1, timestamps ``YYYY-MM-DD HH:MM:SS`` in the
 account's time zone, ``true``/``false``, empty field for null, sorted by CustomerId so a
 rerun is byte-identical. DuckDB's CSV writer does the quoting and writing in one
-columnar pass.
+columnar pass, streaming: the scores are sorted first and the contact fields are put
+beside them in that order, so nothing sorts the formatted rows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import shutil
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from clv_jobs.asof import local_time_sql
 from clv_jobs.segments import SCORE_LABELS, SEGMENT_LABELS
@@ -90,7 +93,7 @@ def _label_case(column: str, labels: dict[int, str]) -> str:
 
 
 def datamodel_query(locale: str, extra_columns: list[str] = ()) -> str:
-    """SELECT producing the Datamodel's text fields from ``scores s`` and ``contacts c``."""
+    """SELECT producing the Datamodel's text fields from ``scores s`` and, row by row, ``contact_fields c``."""
     select = {
         "CustomerId": "s.customer_id",
         "Email": "c.email",
@@ -124,9 +127,38 @@ def datamodel_query(locale: str, extra_columns: list[str] = ()) -> str:
     return f"""
 SELECT
     {fields}
-FROM scores s LEFT JOIN contacts c ON c.customer_id = s.customer_id
-ORDER BY s.customer_id
+FROM scores s POSITIONAL JOIN contact_fields c
 """
+
+
+def _by_customer(scores: pd.DataFrame) -> pd.DataFrame:
+    """``scores`` sorted by customer id (byte order, as SQL sorts text); a refit's are already."""
+    ids = scores["customer_id"]
+    return scores if ids.is_monotonic_increasing else scores.sort_values("customer_id", ignore_index=True)
+
+
+def contact_fields(con: duckdb.DuckDBPyConnection, customer_ids: pd.Series) -> pa.Table:
+    """``email, contact_id, email_opt_in`` of each customer from ``contacts``, in ``customer_ids``' order.
+
+    Null for a customer without a contact. A join finds the contacts and each one's row;
+    a ``take`` puts them in place. Sorting the joined rows instead held every formatted
+    row in memory: 2.3 GB more at five million buyers.
+    """
+    rows = len(customer_ids)
+    con.register("datamodel_ids", pa.table({"customer_id": pa.array(customer_ids, type=pa.string()),
+                                            "row": np.arange(rows, dtype=np.int64)}))
+    try:
+        found = con.sql(
+            "SELECT i.row, c.email, c.contact_id, c.email_opt_in "
+            "FROM datamodel_ids i JOIN contacts c ON c.customer_id = i.customer_id"
+        ).to_arrow_table()
+    finally:
+        con.unregister("datamodel_ids")
+    position = np.full(rows, -1, dtype=np.int64)
+    position[found["row"].to_numpy()] = np.arange(found.num_rows)
+    missing = position < 0
+    take = pa.array(np.where(missing, 0, position), mask=missing)  # a null index takes a null
+    return pa.table({name: found[name].take(take) for name in ("email", "contact_id", "email_opt_in")})
 
 
 def file_digest(path: str | Path) -> dict[str, int | str]:
@@ -154,9 +186,9 @@ def write_datamodel(
     Parameters
     ----------
     con : duckdb.DuckDBPyConnection
-        Session holding ``contacts`` (:func:`clv_jobs.sources.prepare_contacts`).
+        Session holding ``contacts``, one row per customer (:func:`clv_jobs.sources.prepare_contacts`).
     scores : pandas.DataFrame
-        The run's scores table (:func:`clv_jobs.pipeline.score_account`).
+        The run's scores table (:func:`clv_jobs.pipeline.score_account`), one row per customer.
     path : str or Path
         Destination file; written beside it under a temporary name, then renamed.
     timezone, locale : str
@@ -177,7 +209,9 @@ def write_datamodel(
     plain = staging.with_suffix(".csv") if compress else staging
     # The path is a SQL string literal: double its quotes (a template may hold "o'brien").
     literal = "'" + str(plain).replace("'", "''") + "'"
+    scores = _by_customer(scores)
     con.register("scores", scores)
+    con.register("contact_fields", contact_fields(con, scores["customer_id"]))
     try:
         try:
             con.execute(
@@ -187,6 +221,7 @@ def write_datamodel(
             )
         finally:
             con.unregister("scores")
+            con.unregister("contact_fields")
         if compress:
             with open(plain, "rb") as source, open(staging, "wb") as raw:
                 with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as target:

@@ -33,6 +33,12 @@ WINDOWS = (90, 180, 360)
 
 RFM_COLUMNS = ["customer_id", "frequency", "recency", "T", "monetary_value"]
 
+#: Money is summed exactly, as a decimal of micro-units: DuckDB adds a customer's partial
+#: sums from its threads in whatever order they finish, and floating-point sums in a
+#: varying order made two runs on the same orders differ in the last bits (and so, now and
+#: then, in a rounded cent of the file). Each result is rounded once, to a double.
+MONEY = "DECIMAL(38, 6)"
+
 
 def _day_totals(prefix: str, days: str | None) -> str:
     """Per customer: purchase days, revenue, first and last day, first day's revenue, of ``days``.
@@ -53,8 +59,8 @@ def _model_inputs(prefix: str, period_end: str, out: str = "") -> str:
     return f"""c.{prefix}days - 1 AS {out}frequency,
                date_diff('day', c.{prefix}first_day, c.{prefix}last_day) / $unit_days AS {out}recency,
                date_diff('day', c.{prefix}first_day, CAST({period_end} AS DATE)) / $unit_days AS {out}T,
-               coalesce((c.{prefix}amount - c.{prefix}first_day_amount) / nullif(c.{prefix}days - 1, 0), 0)
-                   AS {out}monetary_value"""
+               coalesce(CAST(c.{prefix}amount - c.{prefix}first_day_amount AS DOUBLE)
+                        / nullif(c.{prefix}days - 1, 0), 0) AS {out}monetary_value"""
 
 
 #: The backtest's columns of a :func:`feature_table` with a split date.
@@ -74,21 +80,23 @@ def _feature_sql(split: bool) -> str:
     """
     in_window = "day >= $window_day" if split else None  # without a split, every day read is in it
     windows = ",\n                   ".join(
-        f"coalesce(sum(day_amount) FILTER (WHERE day >= $lst{d}_day), 0) AS lst{d}_revenue,\n                   "
+        f"CAST(coalesce(sum(day_amount) FILTER (WHERE day >= $lst{d}_day), 0) AS DOUBLE) "
+        f"AS lst{d}_revenue,\n                   "
         f"CAST(coalesce(sum(orders) FILTER (WHERE day >= $lst{d}_day), 0) AS BIGINT) AS lst{d}_freq" for d in WINDOWS)
     where = f" FILTER (WHERE {in_window})" if in_window else ""
     split_aggregates = f""",
                    {_day_totals("cal_", "day < $split_day")},
                    count(*) FILTER (WHERE day >= $split_day) AS holdout_purchases,
-                   coalesce(sum(day_amount) FILTER (WHERE day >= $split_day), 0) AS holdout_spend""" if split else ""
+                   CAST(coalesce(sum(day_amount) FILTER (WHERE day >= $split_day), 0) AS DOUBLE)
+                       AS holdout_spend""" if split else ""
     split_select = f""",
-               c.cal_days, coalesce(c.cal_amount, 0) AS cal_mon_value,
+               c.cal_days, CAST(coalesce(c.cal_amount, 0) AS DOUBLE) AS cal_mon_value,
                {_model_inputs("cal_", "$cal_period_end", "cal_")},
                c.holdout_purchases, c.holdout_spend""" if split else ""
     return f"""
         WITH per_day AS (
             SELECT customer_id, {local_day_sql("order_ts")} AS day,
-                   sum(amount) AS day_amount, count(*) AS orders,
+                   sum(CAST(amount AS {MONEY})) AS day_amount, count(*) AS orders,
                    min(order_ts) AS first_ts, max(order_ts) AS last_ts
             FROM transactions
             WHERE order_ts >= $range_start AND order_ts < $cutoff
@@ -105,7 +113,7 @@ def _feature_sql(split: bool) -> str:
             FROM per_day GROUP BY customer_id
         )
         SELECT c.customer_id, c.w_days AS days_in_window,
-               c.freq_value, c.w_amount AS mon_value, c.first_ts, c.last_ts,
+               c.freq_value, CAST(c.w_amount AS DOUBLE) AS mon_value, c.first_ts, c.last_ts,
                epoch($cutoff - c.last_ts) / 86400.0 AS rec_value,
                CASE WHEN c.freq_value > 1
                     THEN epoch(c.last_ts - c.first_ts) / 86400.0 / (c.freq_value - 1) END

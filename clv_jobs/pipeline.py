@@ -414,6 +414,8 @@ def fit(project: Project, run: dict, memory: dict | None = None) -> dict:
                  backtest_record["model"]["purchases_mae"], backtest_record["naive"]["purchases_mae"],
                  backtest_record["model"]["purchases_error_pct"] or 0.0)
     del split
+    if memory is not None:
+        memory.pop("calibration", None)  # the backtest's alone
 
     concrete = settings.model_copy(update={"transaction_model": name})
     models, fit_error = None, None
@@ -492,6 +494,7 @@ def score(project: Project, run: dict, memory: dict | None = None) -> dict:
                               time_unit=_model_time_unit(stored, account.model.time_unit))
     store.write_parquet(_run_file(store, run, "scores.parquet"), table)
     if memory is not None:
+        del memory["features"]  # the scores hold every column of them
         memory["scores"] = table
     return run
 

@@ -28,7 +28,7 @@ REASONS = {
     "missing_order_id": "order id is missing",
     "unparseable_timestamp": "order_ts is not a timestamp",
     "future_timestamp": "order_ts is later than the moment the data was read",
-    "invalid_amount": "amount is missing, not a number, infinite or negative",
+    "invalid_amount": "amount is missing, not a number, infinite, negative or 10^15 or more",
     "cancelled": "order status is cancelled",
 }
 
@@ -152,7 +152,9 @@ def validate_transactions(
                 WHEN {timestamp} IS NULL THEN 'unparseable_timestamp'
                 WHEN {timestamp} > {_READ_AT} THEN 'future_timestamp'
                 WHEN {timestamp} >= $cutoff THEN 'later'
-                WHEN {_AMOUNT} IS NULL OR NOT isfinite({_AMOUNT}) OR {_AMOUNT} < 0 THEN 'invalid_amount'
+                WHEN {_AMOUNT} IS NULL OR NOT isfinite({_AMOUNT}) OR {_AMOUNT} < 0
+                     -- no price; and the features sum money as decimals (features.MONEY)
+                     OR {_AMOUNT} >= 1e15 THEN 'invalid_amount'
                 -- A later "cancelled" row of the same order id cancels the order, all its copies.
                 WHEN CAST(order_id AS VARCHAR) IN (
                     SELECT CAST(order_id AS VARCHAR) FROM raw_transactions

@@ -327,3 +327,20 @@ def test_recent_windows_stay_inside_a_short_history_window():
     rows = [("s", dt.datetime(2024, 9, 1, 12), 1.0), ("s", dt.datetime(2025, 3, 1, 12), 2.0)]
     features = _features(rows, months=6)  # the window starts on 2024-12-01: 360 days reach before it
     assert features.loc["s", "lst360_revenue"] == 2.0 and features.loc["s", "mon_value"] == 2.0
+
+
+def test_money_sums_are_exact_whatever_the_order_of_the_orders():
+    """Sums of money do not depend on the order the orders are added in (reruns give the same bytes).
+
+    In floating point (0.1 + 0.2) + 0.3 is 0.6000000000000001 and 0.1 + (0.2 + 0.3) is 0.6;
+    DuckDB's threads add a customer's partial sums in no fixed order, so the sums are exact.
+    """
+    days = [dt.datetime(2025, 1, 5, 10), dt.datetime(2025, 2, 5, 10), dt.datetime(2025, 3, 5, 10),
+            dt.datetime(2025, 4, 5, 10)]
+    amounts = [50.0, 0.1, 0.2, 0.3]
+    forward = _features([("a", day, amount) for day, amount in zip(days, amounts, strict=True)])
+    backward = _features([("a", day, amount) for day, amount in reversed(list(zip(days, amounts, strict=True)))])
+    pd.testing.assert_frame_equal(forward, backward, check_exact=True)
+    assert forward.loc["a", "mon_value"] == 50.6
+    assert forward.loc["a", "monetary_value"] == 0.6 / 3
+    assert forward.loc["a", "lst360_revenue"] == 50.6

@@ -83,6 +83,7 @@ BAD_ROWS = [
     ("invalid_amount", {"amount": np.inf}),
     ("invalid_amount", {"amount": -np.inf}),
     ("invalid_amount", {"amount": -0.01}),
+    ("invalid_amount", {"amount": 1e15}),
     ("invalid_amount", {"amount": "12,50"}),
     ("cancelled", {"status": "cancelled"}),
     ("cancelled", {"status": " Canceled "}),
@@ -104,6 +105,7 @@ BAD_IDS = [
     "amount-inf",
     "amount-minus-inf",
     "amount-negative",
+    "amount-absurd",
     "amount-comma",
     "status-cancelled",
     "status-canceled-padded",
@@ -327,7 +329,7 @@ def test_quarantine_above_limit_raises_naming_account_reasons_counts_and_rows(tm
     )
     assert "missing_customer_id (customer id is missing): 1 (rows 98)" in message
     assert (
-        "invalid_amount (amount is missing, not a number, infinite or negative): 4 "
+        "invalid_amount (amount is missing, not a number, infinite, negative or 10^15 or more): 4 "
         "(rows 97, 99, 100, …)"
     ) in message
     assert isinstance(info.value, InputError)
