@@ -35,7 +35,6 @@ pymc-marketing's own ``fit(method="map")`` of the per-customer model.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import numpy as np
 import pandas as pd
@@ -297,13 +296,12 @@ def spend_pymc_model(patterns: pd.DataFrame, priors: str = "default"):
 # --- the compiled objective and the MAP -------------------------------------------------
 
 
-@functools.cache
 def objective(kind: str, priors: str = "default"):
-    """The process's objective of ``kind`` with ``priors`` (built on first use).
+    """A new objective of ``kind`` with ``priors``, for one fit's data.
 
-    :class:`clv_jobs.formulas.NumpyObjective`: the closed forms, no PyMC. Its data are
-    swapped by each fit, so fits in one process run one at a time (as the pipeline's stages
-    do; Airflow and the CLI run one task per process).
+    :class:`clv_jobs.formulas.NumpyObjective`: the closed forms, no PyMC, nothing to
+    compile, so each fit builds its own and fits can run side by side in threads (the
+    refit's full-history fit runs beside its backtest).
     """
     from clv_jobs import formulas
 

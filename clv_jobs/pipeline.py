@@ -18,6 +18,7 @@ import json
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from clv_jobs.errors import InputError, ModelError, NotEligibleError
 from clv_jobs.features import FEATURE_COLUMNS, TIME_UNIT_DAYS, feature_table, features_frame, rfm_frame
 from clv_jobs.model import FittedModels, fit_models, models_from_parameters, score_customers
 from clv_jobs.patterns import UNIQUE_CUSTOMERS
-from clv_jobs.settings import AccountSettings, Project
+from clv_jobs.settings import AccountSettings, ModelSettings, Project
 from clv_jobs.sources import connect, load_account, prepare_contacts
 from clv_jobs.store import Store
 from clv_jobs.validation import ValidationReport, quarantined_rows, require_rows, validate_transactions
@@ -363,6 +364,22 @@ def _previous_on_holdout(previous: dict, split: backtest.HoldoutSplit) -> dict:
     return record | {"metrics": metrics}
 
 
+def _fit_full_history(
+    account_id: str, rfm: pd.DataFrame, settings: ModelSettings
+) -> tuple[FittedModels | None, str | None, float]:
+    """Fit the models on every buyer: the models, or with the gate enabled the error that stopped the fit; seconds."""
+    models, fit_error = None, None
+    started = time.perf_counter()
+    with _step(account_id, f"fit {settings.transaction_model} + gamma_gamma on {len(rfm)} buyers"):
+        try:
+            models = fit_models(rfm, settings)
+        except ModelError as exc:
+            if not settings.gate.enabled:
+                raise
+            fit_error = str(exc)  # the quality gate reports it and keeps the previous model
+    return models, fit_error, round(time.perf_counter() - started, 2)
+
+
 #: Keys of ``model.json`` that describe a run, not its model (not carried to the next run).
 _RUN_KEYS = frozenset({"run_id", "settings", "fingerprint", "backtest", "model_choice", "stage_seconds", "gate",
                        "rejected"})
@@ -398,36 +415,34 @@ def fit(project: Project, run: dict, memory: dict | None = None) -> dict:
     checks = store.read_json(_run_file(store, run, "validation.json"))
     rfm = _rfm(_get_frame(store, run, "features", memory))
     seconds: dict[str, float] = {}
+    # A named MAP model's full-history fit does not wait for the backtest: it runs beside it,
+    # in a thread (NumPy leaves the GIL in its sums over patterns). ``auto`` fits the model
+    # the backtest chooses; a Bayesian fit keeps every core busy by itself.
+    side_by_side = settings.transaction_model != "auto" and settings.fit_method == "map"
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clv-fit") as beside:
+        early_fit = beside.submit(_fit_full_history, account_id, rfm, settings) if side_by_side else None
 
-    started = time.perf_counter()
-    with _step(account_id, f"backtest ({settings.transaction_model}, last {settings.holdout_days} days held out)"):
-        split = _holdout_split(store, run, account, memory)
-        name, backtest_record, choice = backtest.run_backtest(split, settings)
-        previous = _previous_model(store, account_id, checks["previous_run"])
-        if previous is not None and "model" in backtest_record:
-            backtest_record["previous"] = _previous_on_holdout(previous, split)
-    seconds["backtest"] = round(time.perf_counter() - started, 2)
-    if "skipped" in backtest_record:
-        log.info("%s: backtest skipped: %s", account_id, backtest_record["skipped"])
-    else:
-        log.info("%s: backtest %s: purchase MAE %.4f (naive %.4f), aggregate %+.1f %%", account_id, name,
-                 backtest_record["model"]["purchases_mae"], backtest_record["naive"]["purchases_mae"],
-                 backtest_record["model"]["purchases_error_pct"] or 0.0)
-    del split
-    if memory is not None:
-        memory.pop("calibration", None)  # the backtest's alone
-
-    concrete = settings.model_copy(update={"transaction_model": name})
-    models, fit_error = None, None
-    with _step(account_id, f"fit {name} + gamma_gamma on {len(rfm)} buyers"):
         started = time.perf_counter()
-        try:
-            models = fit_models(rfm, concrete)
-        except ModelError as exc:
-            if not settings.gate.enabled:
-                raise
-            fit_error = str(exc)
-        seconds["fit"] = round(time.perf_counter() - started, 2)
+        with _step(account_id, f"backtest ({settings.transaction_model}, last {settings.holdout_days} days held out)"):
+            split = _holdout_split(store, run, account, memory)
+            name, backtest_record, choice = backtest.run_backtest(split, settings)
+            previous = _previous_model(store, account_id, checks["previous_run"])
+            if previous is not None and "model" in backtest_record:
+                backtest_record["previous"] = _previous_on_holdout(previous, split)
+        seconds["backtest"] = round(time.perf_counter() - started, 2)
+        if "skipped" in backtest_record:
+            log.info("%s: backtest skipped: %s", account_id, backtest_record["skipped"])
+        else:
+            log.info("%s: backtest %s: purchase MAE %.4f (naive %.4f), aggregate %+.1f %%", account_id, name,
+                     backtest_record["model"]["purchases_mae"], backtest_record["naive"]["purchases_mae"],
+                     backtest_record["model"]["purchases_error_pct"] or 0.0)
+        del split
+        if memory is not None:
+            memory.pop("calibration", None)  # the backtest's alone
+
+        concrete = settings.model_copy(update={"transaction_model": name})
+        models, fit_error, seconds["fit"] = (
+            early_fit.result() if early_fit else _fit_full_history(account_id, rfm, concrete))
 
     if settings.gate.enabled:
         with _step(account_id, "quality gate"):
@@ -492,10 +507,15 @@ def score(project: Project, run: dict, memory: dict | None = None) -> dict:
         table = score_account(_get_frame(store, run, "features", memory), models,
                               account, _previous_segments(store, account.account_id, previous),
                               time_unit=_model_time_unit(stored, account.model.time_unit))
-    store.write_parquet(_run_file(store, run, "scores.parquet"), table)
-    if memory is not None:
-        del memory["features"]  # the scores hold every column of them
-        memory["scores"] = table
+    path = _run_file(store, run, "scores.parquet")
+    if memory is None:
+        store.write_parquet(path, table)
+        return run
+    del memory["features"]  # the scores hold every column of them
+    memory["scores"] = table
+    # The Parquet write runs beside the Datamodel's CSV write, in refit's writer thread
+    # (alone, each left a core idle: 3.5 s saved at five million buyers).
+    memory["writes"].append(memory["writer"].submit(store.write_parquet, path, table))
     return run
 
 
@@ -602,10 +622,16 @@ def refit(
     :func:`datamodel` → :func:`publish` in one process (the Airflow DAG runs them as tasks).
     Arguments as for :func:`validate`; returns the run summary.
     """
-    memory: dict = {}  # one process: the stages hand their tables over in memory, not through work/
-    run = validate(project, account_id, as_of, force=force, read_at=read_at, memory=memory)
-    for stage in (features, fit, score, datamodel):
-        run = stage(project, run, memory=memory)
+    # One process: the stages hand their tables over in memory, not through work/, and a
+    # stage may leave a write to the writer thread; every write is done before publishing
+    # (and, on a failure, before the error propagates).
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clv-write") as writer:
+        memory: dict = {"writer": writer, "writes": []}
+        run = validate(project, account_id, as_of, force=force, read_at=read_at, memory=memory)
+        for stage in (features, fit, score, datamodel):
+            run = stage(project, run, memory=memory)
+        for write in memory["writes"]:
+            write.result()
     return publish(project, run)
 
 
