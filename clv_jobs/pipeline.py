@@ -162,9 +162,14 @@ def score_account(
     if unit != account.model.time_unit:
         factor = TIME_UNIT_DAYS[account.model.time_unit] / TIME_UNIT_DAYS[unit]
         rfm = rfm.assign(recency=rfm["recency"] * factor, T=rfm["T"] * factor)
-    predictions = score_customers(
-        models, rfm, account.model.horizon_months, account.model.discount_rate, unit,
-    )
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clv-control") as beside:
+        # The control group's hashes (DuckDB, on its own threads) are computed beside the
+        # predictions (NumPy, on one core).
+        control_group = beside.submit(segments.assign_control_group, features["customer_id"],
+                                      account.control_group_salt, account.control_group.share)
+        predictions = score_customers(
+            models, rfm, account.model.horizon_months, account.model.discount_rate, unit,
+        )
     table = features.copy()
     # A Bayesian fit's scores add the intervals (clv_p10 ... p_alive_p90).
     for column in predictions.columns.drop("customer_id"):
@@ -174,9 +179,7 @@ def score_account(
         table["clv"], table["p_alive"], account.segments,
     )
     table["score_id"] = segments.assign_scores(table["clv"])
-    table["control_group"] = segments.assign_control_group(
-        table["customer_id"], account.control_group_salt, account.control_group.share
-    )
+    table["control_group"] = control_group.result()
     previous = (
         table["customer_id"].map(previous_segments).to_numpy(dtype=float)
         if previous_segments is not None else np.full(len(table), np.nan)

@@ -97,7 +97,14 @@ def _timestamp_sql(con: duckdb.DuckDBPyConnection) -> str:
 
 
 def _missing(column: str) -> str:
-    return f"({column} IS NULL OR trim(CAST({column} AS VARCHAR)) = '')"
+    """SQL: ``column`` is null or blank (nothing but the spaces ``trim`` removes).
+
+    A visible ASCII first character, as nearly every id has, settles it without the trim:
+    trimming the ids of twelve million rows took a second.
+    """
+    text = f"CAST({column} AS VARCHAR)"
+    return (f"(CASE WHEN {column} IS NULL THEN true WHEN ascii({text}) BETWEEN 33 AND 126 THEN false "
+            f"ELSE trim({text}) = '' END)")
 
 
 def validate_transactions(

@@ -72,6 +72,7 @@ BAD_ROWS = [
     ("missing_customer_id", {"customer_id": "   "}),
     ("missing_order_id", {"order_id": None}),
     ("missing_order_id", {"order_id": "  "}),
+    ("missing_order_id", {"order_id": "\u00a0\u3000"}),  # Unicode spaces, which trim() removes too
     ("unparseable_timestamp", {"order_ts": "yesterday"}),
     ("unparseable_timestamp", {"order_ts": "2025-02-30 10:00:00"}),
     ("unparseable_timestamp", {"order_ts": None}),
@@ -94,6 +95,7 @@ BAD_IDS = [
     "customer-blank",
     "order-null",
     "order-blank",
+    "order-unicode-spaces",
     "ts-text",
     "ts-feb-30",
     "ts-null",
@@ -131,6 +133,14 @@ def test_bad_row_is_quarantined_with_its_reason_and_source_row(tmp_path, reason,
         {"source_row": 2, "reason": reason}
     ]
     assert "o2" not in set(_clean(con)["order_id"])
+
+
+def test_ids_with_text_after_leading_spaces_or_tabs_are_kept(tmp_path):
+    """Only a null or blank id is missing: one that merely starts with a space or a tab is an id."""
+    rows = [_row("o1", customer_id=" c1"), _row("\to2", customer_id="\tc2"), _row("o3", customer_id="\u00a0c3")]
+    con, _ = _load(tmp_path, rows)
+    report = _validate(con)
+    assert (report.rows_clean, report.quarantined) == (3, {})
 
 
 def test_quarantined_row_is_kept_as_read(tmp_path):
