@@ -145,7 +145,7 @@ def contact_fields(con: duckdb.DuckDBPyConnection, customer_ids: pd.Series) -> p
     row in memory: 2.3 GB more at five million buyers.
     """
     rows = len(customer_ids)
-    con.register("datamodel_ids", pa.table({"customer_id": pa.array(customer_ids, type=pa.string()),
+    con.register("datamodel_ids", pa.table({"customer_id": pa.array(customer_ids, type=pa.large_string()),
                                             "row": np.arange(rows, dtype=np.int64)}))
     try:
         found = con.sql(
