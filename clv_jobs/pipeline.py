@@ -367,6 +367,10 @@ def _previous_on_holdout(previous: dict, split: backtest.HoldoutSplit) -> dict:
     return record | {"metrics": metrics}
 
 
+#: Buyers from which a refit's full-history fit runs beside its backtest (:func:`fit`).
+SIDE_BY_SIDE_MIN_BUYERS = 100_000
+
+
 def _fit_full_history(
     account_id: str, rfm: pd.DataFrame, settings: ModelSettings
 ) -> tuple[FittedModels | None, str | None, float]:
@@ -419,9 +423,11 @@ def fit(project: Project, run: dict, memory: dict | None = None) -> dict:
     rfm = _rfm(_get_frame(store, run, "features", memory))
     seconds: dict[str, float] = {}
     # A named MAP model's full-history fit does not wait for the backtest: it runs beside it,
-    # in a thread (NumPy leaves the GIL in its sums over patterns). ``auto`` fits the model
-    # the backtest chooses; a Bayesian fit keeps every core busy by itself.
-    side_by_side = settings.transaction_model != "auto" and settings.fit_method == "map"
+    # in a thread (NumPy leaves the GIL in its sums over many patterns; on a small account
+    # the two threads would only take turns). ``auto`` fits the model the backtest chooses;
+    # a Bayesian fit keeps every core busy by itself.
+    side_by_side = (settings.transaction_model != "auto" and settings.fit_method == "map"
+                    and len(rfm) >= SIDE_BY_SIDE_MIN_BUYERS)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clv-fit") as beside:
         early_fit = beside.submit(_fit_full_history, account_id, rfm, settings) if side_by_side else None
 

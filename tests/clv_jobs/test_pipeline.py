@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 from pathlib import Path
 
 import pandas as pd
@@ -129,6 +130,26 @@ def test_rerun_of_the_same_as_of_is_byte_identical(project, two_runs):
     assert again["run_id"] == summary["run_id"]
     assert again["datamodel"]["sha256"] == summary["datamodel"]["sha256"]
     assert Store(project.store_uri).latest_run("shop")["run_id"] == summary["run_id"]
+
+
+def test_full_history_fit_beside_the_backtest_gives_the_same_bytes(project, two_runs, monkeypatch):
+    """From ``SIDE_BY_SIDE_MIN_BUYERS`` on, the full-history fit runs in a thread beside the backtest."""
+    _, summary = two_runs
+    threads = []
+    fit_full_history = pipeline._fit_full_history
+
+    def recorded(*args):
+        threads.append(threading.current_thread().name)
+        return fit_full_history(*args)
+
+    monkeypatch.setattr(pipeline, "_fit_full_history", recorded)
+    monkeypatch.setattr(pipeline, "SIDE_BY_SIDE_MIN_BUYERS", 0)
+    beside = pipeline.refit(project, "shop", AS_OF)
+    monkeypatch.setattr(pipeline, "SIDE_BY_SIDE_MIN_BUYERS", 10**9)
+    after = pipeline.refit(project, "shop", AS_OF)
+    assert threads[0].startswith("clv-fit") and threads[1] == threading.main_thread().name
+    for run in (beside, after):
+        assert (run["run_id"], run["datamodel"]["sha256"]) == (summary["run_id"], summary["datamodel"]["sha256"])
 
 
 def test_export_delivers_file_then_manifest_idempotently(project, two_runs):
