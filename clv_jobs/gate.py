@@ -154,7 +154,7 @@ def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, 
     """
     from clv_jobs import patterns
 
-    target = patterns.objective(name, priors)  # the fit's own objective
+    target = patterns.objective(name, priors)  # the objective the fit maximised, on its data
     target.set_data(patterns.patterns_of(name, rfm) if fitted_patterns is None else fitted_patterns)
     free_names = target.free_names
     values = _free_values(parameters, free_names)
