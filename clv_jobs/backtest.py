@@ -146,9 +146,11 @@ def holdout_split(table: pa.Table, split_date: dt.date, holdout_days: int, time_
     window (``cal_days > 0``), in customer-id order, as :func:`clv_jobs.features.build_features`
     as of the split date would list them.
     """
-    rows = table.filter(pc.greater(table["cal_days"], 0))
+    # The columns first, then the rows (as clv_jobs.features.features_frame).
+    rows = table.select([*_CALIBRATION_COLUMNS, "holdout_purchases", "holdout_spend"]).filter(
+        pc.greater(table["cal_days"], 0)).combine_chunks()
     calibration = rows.select(list(_CALIBRATION_COLUMNS)).rename_columns(list(_CALIBRATION_COLUMNS.values()))
-    calibration = calibration.to_pandas()
+    calibration = calibration.to_pandas(split_blocks=True)
     calibration.attrs[UNIQUE_CUSTOMERS] = True
     return HoldoutSplit(
         split_date=split_date,

@@ -20,6 +20,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from clv_jobs.asof import local_time_sql
 from clv_jobs.segments import SCORE_LABELS, SEGMENT_LABELS
@@ -133,8 +134,10 @@ FROM scores s POSITIONAL JOIN contact_fields c
 
 def _by_customer(scores: pd.DataFrame) -> pd.DataFrame:
     """``scores`` sorted by customer id (byte order, as SQL sorts text); a refit's are already."""
-    ids = scores["customer_id"]
-    return scores if ids.is_monotonic_increasing else scores.sort_values("customer_id", ignore_index=True)
+    ids = pa.array(scores["customer_id"], type=pa.large_string())
+    # Arrow compares the strings in place; pandas' check took 0.7 s at five million ids.
+    in_order = len(ids) < 2 or not pc.any(pc.less(ids[1:], ids[:-1])).as_py()
+    return scores if in_order else scores.sort_values("customer_id", ignore_index=True)
 
 
 def contact_fields(con: duckdb.DuckDBPyConnection, customer_ids: pd.Series) -> pa.Table:

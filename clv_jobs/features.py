@@ -169,8 +169,11 @@ def feature_table(
 
 def features_frame(table: pa.Table) -> pd.DataFrame:
     """The :func:`build_features` frame of a :func:`feature_table` (buyers of the history window)."""
-    rows = table.filter(pc.greater(table["days_in_window"], 0)).select(FEATURE_COLUMNS)
-    result = rows.to_pandas()
+    # The columns first: filtering the backtest's columns too took seconds at 5M buyers. In
+    # one chunk, with a block per column, pandas takes each column as it is (a copy of every
+    # number into 2-D blocks took a second more).
+    rows = table.select(FEATURE_COLUMNS).filter(pc.greater(table["days_in_window"], 0)).combine_chunks()
+    result = rows.to_pandas(split_blocks=True)
     result.attrs[UNIQUE_CUSTOMERS] = True  # a GROUP BY customer_id: the fits need not check again
     return result
 

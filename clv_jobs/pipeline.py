@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +43,12 @@ from clv_jobs.store import Store
 from clv_jobs.validation import ValidationReport, quarantined_rows, require_rows, validate_transactions
 
 log = logging.getLogger("clv_jobs")
+
+# Arrow's default allocator (mimalloc) faulted in fresh pages for each of a refit's big
+# tables, where the system allocator reuses them: a refit of five million buyers took
+# 30.1 s against 33.2 s (median of four runs each). ARROW_DEFAULT_MEMORY_POOL, if set, wins.
+if "ARROW_DEFAULT_MEMORY_POOL" not in os.environ:
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 @contextmanager
@@ -170,7 +177,9 @@ def score_account(
         predictions = score_customers(
             models, rfm, account.model.horizon_months, account.model.discount_rate, unit,
         )
-    table = features.copy()
+    # A shallow copy: the new columns are its own, the features' columns stay shared
+    # (copy-on-write); a deep copy took two seconds at five million buyers.
+    table = features.copy(deep=False)
     # A Bayesian fit's scores add the intervals (clv_p10 ... p_alive_p90).
     for column in predictions.columns.drop("customer_id"):
         table[column] = predictions[column].to_numpy()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from clv_jobs.settings import SegmentSettings
 
@@ -116,8 +117,8 @@ def control_buckets(customer_ids: pd.Series, salt: str) -> np.ndarray:
     salt give the same bucket in any tool, for example in SQL when analysing the lift.
     """
     con = duckdb.connect()
-    frame = pd.DataFrame({"customer_id": customer_ids.astype("string").to_numpy()})
-    con.register("ids", frame)
+    # Arrow strings, read in place (a NumPy array of Python strings took a second at 5M ids).
+    con.register("ids", pa.table({"customer_id": pa.array(customer_ids.astype("str"), type=pa.large_string())}))
     buckets = con.execute(
         "SELECT CAST(('0x' || substr(md5($salt || ':' || customer_id), 1, 8)) AS UBIGINT) "
         "/ 4294967296.0 FROM ids",
