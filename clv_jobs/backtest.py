@@ -299,17 +299,17 @@ def model_predictions(models: FittedModels, rfm: pd.DataFrame, future_t: float) 
         the order of ``rfm``; posterior means for a full posterior.
     """
     patterns, pattern_of = distinct_rows(rfm, ["frequency", "recency", "T"])
-    spend_patterns, spend_pattern_of = distinct_rows(rfm, ["frequency", "monetary_value"])
     if models.closed_form:
         name, parameters = models.transaction_model, models.parameters
         x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
         with np.errstate(all="ignore"):
             predicted = formulas.transaction_predictions(name, parameters[name], x, t_x, T, future_t)
-            spend = formulas.expected_spend(parameters["gamma_gamma"],
-                                            spend_patterns["frequency"].to_numpy(dtype=float),
-                                            spend_patterns["monetary_value"].to_numpy(dtype=float))
+            # A few operations per row: cheaper than finding the distinct spend patterns.
+            spend = formulas.expected_spend(parameters["gamma_gamma"], rfm["frequency"].to_numpy(dtype=float),
+                                            rfm["monetary_value"].to_numpy(dtype=float))
         return {"purchases": predicted["purchases"][pattern_of], "p_alive": predicted["p_alive"][pattern_of],
-                "spend": spend[spend_pattern_of]}
+                "spend": spend}
+    spend_patterns, spend_pattern_of = distinct_rows(rfm, ["frequency", "monetary_value"])
     purchases, p_alive, spend = [], [], []
     chunk = max(1_000, _CHUNK_CELLS // max(1, _draws(models.transaction)))
     with warnings.catch_warnings():

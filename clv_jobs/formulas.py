@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -515,23 +516,22 @@ def expected_spend(parameters: dict[str, float], x: np.ndarray, monetary_value: 
     return (1 - individual_weight) * population_mean + individual_weight * monetary_value
 
 
-def lifetime_value(name: str, parameters: dict[str, float], x, t_x, T, future_spend, future_t: int = 12,
-                   discount_rate: float = 0.0, time_unit: str = "D", log_like=None) -> np.ndarray:
+def lifetime_value(purchases_over: Callable[[float], np.ndarray], future_spend: np.ndarray, future_t: int = 12,
+                   discount_rate: float = 0.0, time_unit: str = "D") -> np.ndarray:
     """``clv.utils.customer_lifetime_value``: discounted spend of the monthly expected purchases.
 
-    ``future_t`` in months (pymc-marketing's 30.4375 days), ``time_unit`` of ``t_x`` and ``T``;
-    ``log_like`` as in :func:`expected_purchases`.
+    ``purchases_over(t)``: each customer's :func:`expected_purchases` over ``t`` (in
+    ``time_unit``); ``future_t`` in months (pymc-marketing's 30.4375 days). The same
+    operations in the same order as pymc-marketing's, so the same numbers.
     """
     from clv_jobs.model import DAYS_PER_MONTH
 
     steps = np.arange(future_t, future_t + 1) if discount_rate == 0.0 else np.arange(1, future_t + 1)
     factor = {"W": DAYS_PER_MONTH / 7, "D": DAYS_PER_MONTH}[time_unit]
-    if log_like is None:
-        log_like = history_log_likelihood(name, parameters, x, t_x, T)
-    clv = np.zeros(np.shape(x))
+    clv = np.zeros(np.shape(future_spend))
     previous = 0
     for i in steps * factor:
-        purchases = expected_purchases(name, parameters, x, t_x, T, i, log_like)
+        purchases = purchases_over(i)
         clv = clv + (future_spend * (purchases - previous)) / (1 + discount_rate) ** (i / factor)
         previous = purchases
     return clv

@@ -313,45 +313,56 @@ def score_customers(
     if models.posterior and (_draw_count(models.transaction) > 1 or _draw_count(models.spend) > 1):
         return _score_with_intervals(models, rfm, horizon_months, discount_rate, time_unit)
 
-    keys = ["frequency", "recency", "T", "monetary_value"]
-    distinct, pattern_of = distinct_rows(rfm, keys)
-    distinct["customer_id"] = np.arange(len(distinct))
     horizon = horizon_months * DAYS_PER_MONTH / (7.0 if time_unit == "W" else 1.0)
-
     if models.closed_form:
-        predicted = _closed_form_scores(models, distinct, horizon, horizon_months, discount_rate, time_unit)
+        predicted = _closed_form_scores(models, rfm, horizon, horizon_months, discount_rate, time_unit)
     else:
-        predicted = _pymc_marketing_scores(models, distinct, horizon, horizon_months, discount_rate, time_unit)
-    for column, values in predicted.items():
-        distinct[column] = values
+        # pymc-marketing's methods once per distinct row of their inputs, taken back.
+        distinct, pattern_of = distinct_rows(rfm, ["frequency", "recency", "T", "monetary_value"])
+        distinct["customer_id"] = np.arange(len(distinct))
+        predicted = {column: values[pattern_of] for column, values in _pymc_marketing_scores(
+            models, distinct, horizon, horizon_months, discount_rate, time_unit).items()}
     # pymc-marketing's closed forms can land a rounding error outside [0, 1] (Pareto/NBD
     # gives 1 + 9e-16 when recency == T on CDNOW), which made churn negative and printed
     # "-0.000000" in the CHURN column. Clipping moves values by that rounding error only.
-    distinct["p_alive"] = distinct["p_alive"].clip(0.0, 1.0)
-    distinct["churn"] = 1.0 - distinct["p_alive"]
+    p_alive = np.clip(predicted["p_alive"], 0.0, 1.0)
     columns = ["customer_id", "p_alive", "churn", "expected_purchases", "expected_spend", "clv"]
-    result = pd.DataFrame({"customer_id": rfm["customer_id"].to_numpy()}
-                          | {c: distinct[c].to_numpy()[pattern_of] for c in columns[1:]})
+    result = pd.DataFrame({"customer_id": rfm["customer_id"].to_numpy(), "p_alive": p_alive, "churn": 1.0 - p_alive}
+                          | {c: predicted[c] for c in columns[3:]})
     if not np.isfinite(result[columns[1:]].to_numpy()).all():
         raise ModelError(f"{models.transaction_model} gave non-finite scores")
     return result
 
 
-def _closed_form_scores(models: FittedModels, distinct: pd.DataFrame, horizon: float, horizon_months: int,
+def _closed_form_scores(models: FittedModels, rfm: pd.DataFrame, horizon: float, horizon_months: int,
                         discount_rate: float, time_unit: str) -> dict[str, np.ndarray]:
-    """:func:`_pymc_marketing_scores` by the same formulas in NumPy (:mod:`clv_jobs.formulas`)."""
+    """:func:`_pymc_marketing_scores` by the same formulas in NumPy (:mod:`clv_jobs.formulas`), per row of ``rfm``.
+
+    The transaction model's predictions are computed once per distinct ``(frequency,
+    recency, T)`` and taken back; the expected spend (a few operations) and the CLV per row.
+    """
     name = models.transaction_model
     transaction, spend = models.parameters[name], models.parameters["gamma_gamma"]
-    x, t_x, T, monetary = (distinct[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T", "monetary_value"))
+    patterns, pattern_of = distinct_rows(rfm, ["frequency", "recency", "T"])
+    x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+    purchases: dict[float, np.ndarray] = {}
+
+    def purchases_over(future_t: float) -> np.ndarray:
+        # An undiscounted CLV asks for the horizon's purchases again: computed once.
+        if future_t not in purchases:
+            purchases[future_t] = formulas.expected_purchases(name, transaction, x, t_x, T, future_t,
+                                                              log_like)[pattern_of]
+        return purchases[future_t]
+
     with np.errstate(all="ignore"):
-        expected_spend = formulas.expected_spend(spend, x, monetary)
         log_like = formulas.history_log_likelihood(name, transaction, x, t_x, T)
+        expected_spend = formulas.expected_spend(spend, rfm["frequency"].to_numpy(dtype=float),
+                                                 rfm["monetary_value"].to_numpy(dtype=float))
         return {
-            "p_alive": formulas.probability_alive(name, transaction, x, t_x, T, log_like),
-            "expected_purchases": formulas.expected_purchases(name, transaction, x, t_x, T, horizon, log_like),
+            "p_alive": formulas.probability_alive(name, transaction, x, t_x, T, log_like)[pattern_of],
+            "expected_purchases": purchases_over(horizon),
             "expected_spend": expected_spend,
-            "clv": formulas.lifetime_value(name, transaction, x, t_x, T, expected_spend, horizon_months,
-                                           discount_rate, time_unit, log_like),
+            "clv": formulas.lifetime_value(purchases_over, expected_spend, horizon_months, discount_rate, time_unit),
         }
 
 
