@@ -327,9 +327,10 @@ def score_customers(
     # "-0.000000" in the CHURN column. Clipping moves values by that rounding error only.
     p_alive = np.clip(predicted["p_alive"], 0.0, 1.0)
     columns = ["customer_id", "p_alive", "churn", "expected_purchases", "expected_spend", "clv"]
-    result = pd.DataFrame({"customer_id": rfm["customer_id"].to_numpy(), "p_alive": p_alive, "churn": 1.0 - p_alive}
-                          | {c: predicted[c] for c in columns[3:]})
-    if not np.isfinite(result[columns[1:]].to_numpy()).all():
+    # The arrays as they are (no copy into one block); the ids stay Arrow strings.
+    result = pd.DataFrame({"customer_id": rfm["customer_id"].array, "p_alive": p_alive, "churn": 1.0 - p_alive}
+                          | {c: predicted[c] for c in columns[3:]}, copy=False)
+    if not all(np.isfinite(result[c].to_numpy()).all() for c in columns[1:]):
         raise ModelError(f"{models.transaction_model} gave non-finite scores")
     return result
 
