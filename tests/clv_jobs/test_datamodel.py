@@ -425,3 +425,24 @@ def test_fixed_decimals_print_as_printf_does_on_every_range():
                                   {_days("x")}, printf('%.1f', round(x, 1) + 0.0) FROM v""").fetchall()
     assert [(money, days) for money, _, days, _ in rows] == [(money, days) for _, money, _, days in rows]
     assert not any(money.startswith("-0.00") for money, _, _, _ in rows)
+
+
+@pytest.mark.parametrize("huge", [3e17, -2.5e11, np.inf])
+def test_a_huge_value_is_printed_as_printf_does_and_the_rest_of_the_file_is_unchanged(con, tmp_path, huge):
+    """Money and days are written as DECIMAL numbers, unless some value is too large for them."""
+    normal, _ = write(con, tmp_path, "normal.csv")
+    write_datamodel(con, SCORES.assign(clv=[12.344, -0.001, 1000.0, huge, 0.0]), tmp_path / "huge.csv")
+    rows, huge_rows = by_id(normal), by_id((tmp_path / "huge.csv").read_bytes())
+    assert huge_rows['q"2']['LTV_VALUE'] == f"{huge:.2f}"
+    assert huge_rows['q"2'] | {"LTV_VALUE": None} == rows['q"2'] | {"LTV_VALUE": None}
+    assert {k: v for k, v in huge_rows.items() if k != 'q"2'} == {k: v for k, v in rows.items() if k != 'q"2'}
+
+
+def test_large_values_are_found_in_every_fixed_decimal_field(con):
+    con.register("scores", SCORES)
+    assert not datamodel_module.has_large_values(con)
+    for column, value in [("mon_value", 2e11), ("rec_value", -1e12), ("lst360_revenue", -np.inf),
+                          ("days_btw_purchase", np.inf)]:
+        con.register("scores", SCORES.assign(**{column: [value] + [1.0] * 4}))
+        assert datamodel_module.has_large_values(con), column
+    con.unregister("scores")
