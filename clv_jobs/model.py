@@ -347,16 +347,16 @@ def _closed_form_scores(models: FittedModels, rfm: pd.DataFrame, horizon: float,
     patterns, pattern_of = distinct_rows(rfm, ["frequency", "recency", "T"])
     x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
     purchases: dict[float, np.ndarray] = {}
-
-    def purchases_over(future_t: float) -> np.ndarray:
-        # An undiscounted CLV asks for the horizon's purchases again: computed once.
-        if future_t not in purchases:
-            purchases[future_t] = formulas.expected_purchases(name, transaction, x, t_x, T, future_t,
-                                                              log_like)[pattern_of]
-        return purchases[future_t]
-
     with np.errstate(all="ignore"):
         log_like = formulas.history_log_likelihood(name, transaction, x, t_x, T)
+
+        def purchases_over(future_t: float) -> np.ndarray:
+            # An undiscounted CLV asks for the horizon's purchases again: computed once.
+            if future_t not in purchases:
+                purchases[future_t] = formulas.expected_purchases(name, transaction, x, t_x, T, future_t,
+                                                                  log_like)[pattern_of]
+            return purchases[future_t]
+
         expected_spend = formulas.expected_spend(spend, rfm["frequency"].to_numpy(dtype=float),
                                                  rfm["monetary_value"].to_numpy(dtype=float))
         return {
