@@ -286,3 +286,16 @@ def test_the_one_pass_split_equals_features_as_of_the_split_date(timezone, month
     assert split.holdout_purchases.tolist() == purchases
     np.testing.assert_allclose(split.holdout_spend, spend, rtol=1e-12)
     assert (split.holdout_purchases > 0).sum() > 100  # the holdout is not empty
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_roc_auc_is_scikit_learns_with_ties(seed):
+    from sklearn.metrics import roc_auc_score
+
+    from clv_jobs.backtest import roc_auc
+
+    rng = np.random.default_rng(seed)
+    score = np.round(rng.random(20_000), 2)  # a hundred distinct values: many ties
+    score[:50] = -0.0
+    positive = rng.random(score.size) < score
+    assert roc_auc(positive, score) == pytest.approx(roc_auc_score(positive, score), rel=1e-12)
