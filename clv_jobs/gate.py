@@ -232,38 +232,19 @@ def _prediction_problems(models: FittedModels, rfm: pd.DataFrame, settings: Mode
     return problems, {"invalid_predictions": counts}
 
 
-def evaluate(
-    models: FittedModels | None,
-    fit_error: str | None,
-    rfm: pd.DataFrame,
-    settings: ModelSettings,
-    backtest: dict,
-    previous: dict | None = None,
-) -> GateResult:
-    """Judge a refit; every failed check is one reason.
+def check_fit(
+    models: FittedModels | None, fit_error: str | None, rfm: pd.DataFrame, settings: ModelSettings
+) -> tuple[list[str], dict]:
+    """The checks of :func:`evaluate` that need only the fit: its reasons to fail and its checks.
 
-    Parameters
-    ----------
-    models : FittedModels or None
-        The full-history fit (None when it failed).
-    fit_error : str or None
-        Why the fit failed.
-    rfm : pandas.DataFrame
-        The full-history model inputs.
-    settings : ModelSettings
-        The concrete settings of the fit (``transaction_model`` not ``auto``).
-    backtest : dict
-        The run's backtest record (:func:`clv_jobs.backtest.backtest_record`).
-    previous : dict, optional
-        The previous published model on this run's holdout: ``{"run_id", "transaction_model",
-        "metrics"}`` (or ``{"error": …}`` when it could not be scored).
+    Bounds, convergence (or the chains' agreement) and every buyer's predictions; a refit
+    runs them beside its backtest, right after the full-history fit.
     """
     gate: QualityGateSettings = settings.gate
     reasons: list[str] = []
     checks: dict = {}
     if fit_error is not None or models is None:
-        reasons.append(f"fit failed: {fit_error}")
-        return GateResult(gate.enabled, False, reasons, checks)
+        return [f"fit failed: {fit_error}"], checks
 
     reasons += _bound_problems(models.parameters, gate.bound_tolerance)
 
@@ -296,8 +277,43 @@ def evaluate(
         checks["convergence"] = convergence
 
     problems, prediction_checks = _prediction_problems(models, rfm, settings)
-    reasons += problems
-    checks |= prediction_checks
+    return reasons + problems, checks | prediction_checks
+
+
+def evaluate(
+    models: FittedModels | None,
+    fit_error: str | None,
+    rfm: pd.DataFrame,
+    settings: ModelSettings,
+    backtest: dict,
+    previous: dict | None = None,
+    fit_checks: tuple[list[str], dict] | None = None,
+) -> GateResult:
+    """Judge a refit; every failed check is one reason.
+
+    Parameters
+    ----------
+    models : FittedModels or None
+        The full-history fit (None when it failed).
+    fit_error : str or None
+        Why the fit failed.
+    rfm : pandas.DataFrame
+        The full-history model inputs.
+    settings : ModelSettings
+        The concrete settings of the fit (``transaction_model`` not ``auto``).
+    backtest : dict
+        The run's backtest record (:func:`clv_jobs.backtest.backtest_record`).
+    previous : dict, optional
+        The previous published model on this run's holdout: ``{"run_id", "transaction_model",
+        "metrics"}`` (or ``{"error": …}`` when it could not be scored).
+    fit_checks : tuple, optional
+        :func:`check_fit` of these models, when already run.
+    """
+    gate: QualityGateSettings = settings.gate
+    reasons, checks = fit_checks if fit_checks is not None else check_fit(models, fit_error, rfm, settings)
+    reasons, checks = list(reasons), dict(checks)
+    if fit_error is not None or models is None:
+        return GateResult(gate.enabled, False, reasons, checks)
 
     if previous is not None and "error" in previous:
         checks["backtest_vs_previous"] = f"not compared: the previous model could not be scored ({previous['error']})"

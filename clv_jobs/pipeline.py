@@ -382,8 +382,13 @@ SIDE_BY_SIDE_MIN_BUYERS = 100_000
 
 def _fit_full_history(
     account_id: str, rfm: pd.DataFrame, settings: ModelSettings
-) -> tuple[FittedModels | None, str | None, float]:
-    """Fit the models on every buyer: the models, or with the gate enabled the error that stopped the fit; seconds."""
+) -> tuple[FittedModels | None, str | None, float, tuple[list[str], dict] | None]:
+    """Fit the models on every buyer.
+
+    Returns the models or, with the gate enabled, the error that stopped the fit; the fit's
+    seconds; and, with the gate enabled, the gate's checks of the fit
+    (:func:`clv_jobs.gate.check_fit`: run here, so that they too run beside the backtest).
+    """
     models, fit_error = None, None
     started = time.perf_counter()
     with _step(account_id, f"fit {settings.transaction_model} + gamma_gamma on {len(rfm)} buyers"):
@@ -393,7 +398,11 @@ def _fit_full_history(
             if not settings.gate.enabled:
                 raise
             fit_error = str(exc)  # the quality gate reports it and keeps the previous model
-    return models, fit_error, round(time.perf_counter() - started, 2)
+    seconds = round(time.perf_counter() - started, 2)
+    if not settings.gate.enabled:
+        return models, fit_error, seconds, None
+    with _step(account_id, "quality gate: checks of the fit"):
+        return models, fit_error, seconds, gate.check_fit(models, fit_error, rfm, settings)
 
 
 #: Keys of ``model.json`` that describe a run, not its model (not carried to the next run).
@@ -431,10 +440,10 @@ def fit(project: Project, run: dict, memory: dict | None = None) -> dict:
     checks = store.read_json(_run_file(store, run, "validation.json"))
     rfm = _rfm(_get_frame(store, run, "features", memory))
     seconds: dict[str, float] = {}
-    # A named MAP model's full-history fit does not wait for the backtest: it runs beside it,
-    # in a thread (NumPy leaves the GIL in its sums over many patterns; on a small account
-    # the two threads would only take turns). ``auto`` fits the model the backtest chooses;
-    # a Bayesian fit keeps every core busy by itself.
+    # A named MAP model's full-history fit, and the gate's checks of it, do not wait for the
+    # backtest: they run beside it, in a thread (NumPy leaves the GIL in its sums over many
+    # patterns; on a small account the two threads would only take turns). ``auto`` fits the
+    # model the backtest chooses; a Bayesian fit keeps every core busy by itself.
     side_by_side = (settings.transaction_model != "auto" and settings.fit_method == "map"
                     and len(rfm) >= SIDE_BY_SIDE_MIN_BUYERS)
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clv-fit") as beside:
@@ -459,14 +468,14 @@ def fit(project: Project, run: dict, memory: dict | None = None) -> dict:
             memory.pop("calibration", None)  # the backtest's alone
 
         concrete = settings.model_copy(update={"transaction_model": name})
-        models, fit_error, seconds["fit"] = (
+        models, fit_error, seconds["fit"], fit_checks = (
             early_fit.result() if early_fit else _fit_full_history(account_id, rfm, concrete))
 
     if settings.gate.enabled:
         with _step(account_id, "quality gate"):
             started = time.perf_counter()
             verdict = gate.evaluate(models, fit_error, rfm, concrete, backtest_record,
-                                    backtest_record.get("previous"))
+                                    backtest_record.get("previous"), fit_checks)
             seconds["gate"] = round(time.perf_counter() - started, 2)
     else:
         verdict = gate.GateResult(enabled=False, passed=True, reasons=[], checks={})
