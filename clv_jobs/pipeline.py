@@ -287,7 +287,9 @@ def validate(
         run = {"account": account_id, "as_of": as_of.isoformat(), "run_id": f"{as_of:%Y%m%d}-{fingerprint[:12]}",
                "previous_run": previous["run_id"] if previous else None}
         with _step(account_id, "keep clean orders"):
-            _put(store, run, "transactions", con.sql("SELECT * FROM transactions").to_arrow_table(), memory)
+            # The columns the features read: the order ids alone took 0.3 GB at 5M buyers.
+            orders = con.sql("SELECT customer_id, order_ts, amount FROM transactions").to_arrow_table()
+            _put(store, run, "transactions", orders, memory)
             _put(store, run, "contacts", con.sql("SELECT * FROM contacts").to_arrow_table(), memory)
             store.write_parquet(_run_file(store, run, "quarantine.parquet"), quarantined_rows(con))
         store.write_json(_run_file(store, run, "validation.json"), {
