@@ -30,11 +30,10 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from clv_jobs import formulas
 from clv_jobs.errors import ModelError
-from clv_jobs.features import TIME_UNIT_DAYS, feature_table, rfm_frame
+from clv_jobs.features import TIME_UNIT_DAYS, buyer_rows, feature_table, rfm_frame
 from clv_jobs.model import FittedModels, fit_models
 from clv_jobs.patterns import UNIQUE_CUSTOMERS, distinct_rows
 from clv_jobs.settings import ModelSettings
@@ -146,9 +145,7 @@ def holdout_split(table: pa.Table, split_date: dt.date, holdout_days: int, time_
     window (``cal_days > 0``), in customer-id order, as :func:`clv_jobs.features.build_features`
     as of the split date would list them.
     """
-    # The columns first, then the rows (as clv_jobs.features.features_frame).
-    rows = table.select([*_CALIBRATION_COLUMNS, "holdout_purchases", "holdout_spend"]).filter(
-        pc.greater(table["cal_days"], 0)).combine_chunks()
+    rows = buyer_rows(table, [*_CALIBRATION_COLUMNS, "holdout_purchases", "holdout_spend"], "cal_days")
     calibration = rows.select(list(_CALIBRATION_COLUMNS)).rename_columns(list(_CALIBRATION_COLUMNS.values()))
     calibration = calibration.to_pandas(split_blocks=True)
     calibration.attrs[UNIQUE_CUSTOMERS] = True

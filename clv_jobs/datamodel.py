@@ -105,14 +105,6 @@ def _fixed(expr: str, decimals: int) -> str:
             f"ELSE printf('%.{decimals}f', round({expr}, {decimals}) + 0.0) END")
 
 
-def _money(expr: str) -> str:
-    return _fixed(expr, 2)
-
-
-def _days(expr: str) -> str:
-    return _fixed(expr, 1)
-
-
 def has_large_values(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether a fixed-decimal field of ``scores s`` reaches :data:`DECIMAL_LIMIT` (or is not finite)."""
     magnitudes = ", ".join(f"abs({expr})" for expr, _ in FIXED_FIELDS.values())

@@ -167,13 +167,19 @@ def feature_table(
     return con.sql(sql, params={name: value for name, value in params.items() if f"${name}" in sql}).to_arrow_table()
 
 
+def buyer_rows(table: pa.Table, columns: list[str], days_column: str) -> pa.Table:
+    """``columns`` of a :func:`feature_table`'s rows with ``days_column > 0``, in one chunk.
+
+    The columns first: filtering every column of the table took seconds at 5M buyers. In
+    one chunk, converted with a block per column (``to_pandas(split_blocks=True)``), pandas
+    takes each column as it is (a copy of every number into 2-D blocks took a second more).
+    """
+    return table.select(columns).filter(pc.greater(table[days_column], 0)).combine_chunks()
+
+
 def features_frame(table: pa.Table) -> pd.DataFrame:
     """The :func:`build_features` frame of a :func:`feature_table` (buyers of the history window)."""
-    # The columns first: filtering the backtest's columns too took seconds at 5M buyers. In
-    # one chunk, with a block per column, pandas takes each column as it is (a copy of every
-    # number into 2-D blocks took a second more).
-    rows = table.select(FEATURE_COLUMNS).filter(pc.greater(table["days_in_window"], 0)).combine_chunks()
-    result = rows.to_pandas(split_blocks=True)
+    result = buyer_rows(table, FEATURE_COLUMNS, "days_in_window").to_pandas(split_blocks=True)
     result.attrs[UNIQUE_CUSTOMERS] = True  # a GROUP BY customer_id: the fits need not check again
     return result
 

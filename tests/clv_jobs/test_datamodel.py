@@ -412,7 +412,7 @@ def test_fixed_decimals_print_as_printf_does_on_every_range():
     """The DECIMAL formatting of money and days gives printf's digits, huge values included."""
     import duckdb
 
-    from clv_jobs.datamodel import _days, _money
+    from clv_jobs.datamodel import _fixed
 
     rng = np.random.default_rng(5)
     values = np.concatenate([rng.gamma(1.0, 100.0, 20_000) * rng.choice([1, -1], 20_000),
@@ -421,8 +421,8 @@ def test_fixed_decimals_print_as_printf_does_on_every_range():
                              [0.0, -0.0, -0.004, 0.005, 2.675, 1.005, 999999999999999.9, 1e15, -3e17, 1e300]])
     con = duckdb.connect()
     con.register("v", pd.DataFrame({"x": values}))
-    rows = con.execute(f"""SELECT {_money("x")}, printf('%.2f', round(x, 2) + 0.0),
-                                  {_days("x")}, printf('%.1f', round(x, 1) + 0.0) FROM v""").fetchall()
+    rows = con.execute(f"""SELECT {_fixed("x", 2)}, printf('%.2f', round(x, 2) + 0.0),
+                                  {_fixed("x", 1)}, printf('%.1f', round(x, 1) + 0.0) FROM v""").fetchall()
     assert [(money, days) for money, _, days, _ in rows] == [(money, days) for _, money, _, days in rows]
     assert not any(money.startswith("-0.00") for money, _, _, _ in rows)
 
