@@ -169,16 +169,16 @@ def roc_auc(positive: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC of ``score`` for the boolean ``positive`` (Mann-Whitney, ties counted half).
 
     What ``sklearn.metrics.roc_auc_score`` computes, without importing scikit-learn (a
-    second per process) for one number.
+    second per process) for one number. Each class sorted, a binary search counts the
+    negatives below and tied with each positive: exact integer counts, and a third of the
+    time of ranking every score (``np.unique``) at four million customers.
     """
-    distinct, index, counts = np.unique(score, return_inverse=True, return_counts=True)
-    # Average rank of each distinct score: ties share the mean of the ranks they span.
-    average_rank = np.cumsum(counts) - (counts - 1) / 2.0
-    ranks = average_rank[index.ravel()]
-    n_positive = int(positive.sum())
-    n_negative = positive.size - n_positive
-    u = ranks[positive].sum() - n_positive * (n_positive + 1) / 2.0
-    return float(u / (n_positive * n_negative))
+    positive = np.asarray(positive, dtype=bool)
+    scores_of_positives, scores_of_negatives = np.sort(score[positive]), np.sort(score[~positive])
+    below = np.searchsorted(scores_of_negatives, scores_of_positives, side="left").sum()
+    below_or_tied = np.searchsorted(scores_of_negatives, scores_of_positives, side="right").sum()
+    u = (int(below) + int(below_or_tied)) / 2.0
+    return float(u / (scores_of_positives.size * scores_of_negatives.size))
 
 
 def holdout_metrics(

@@ -35,6 +35,7 @@ pymc-marketing's own ``fit(method="map")`` of the per-customer model.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -54,34 +55,61 @@ MAX_EVALUATIONS = 5000
 UNIQUE_CUSTOMERS = "one_row_per_customer"
 
 
+def _ordered_codes(values: np.ndarray) -> tuple[np.ndarray, int, Callable[[np.ndarray], np.ndarray]]:
+    """Integer codes of ``values`` numbered in the values' order, their number, and code -> value.
+
+    Whole numbers in a small range (frequencies, days) are their own codes, offset by the
+    smallest: no hash needed. Anything else is factorised (NaN last, as a sort puts it).
+    """
+    if values.dtype.kind in "iuf" and values.size:
+        whole = np.rint(values) if values.dtype.kind == "f" else values
+        low, high = whole.min(), whole.max()
+        if high - low < 2**31 and (whole is values or np.array_equal(whole, values)):
+            return ((whole - low).astype(np.int64), int(high - low) + 1,
+                    lambda codes: (codes + low).astype(values.dtype))
+    codes, uniques = pd.factorize(values, use_na_sentinel=False, sort=True)
+    uniques = np.asarray(uniques)
+    return codes.astype(np.int64), max(len(uniques), 1), uniques.take
+
+
 def distinct_rows(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
-    """The distinct ``keys`` rows of ``frame`` (first-seen order) and each row's index into them.
+    """The distinct ``keys`` rows of ``frame``, sorted by the keys, and each row's index into them.
 
     Scores are computed once per distinct pattern and taken back with the index. Each key
-    column is factorised on its own (a hash of numbers), the codes are combined into one
-    integer and that is factorised: several times faster than a multi-column group-by.
+    column gets codes in its values' order, the codes are combined into one integer (so
+    that its order is the keys' order) and that is factorised: several times faster than a
+    multi-column group-by, and the distinct rows come sorted without sorting rows.
     """
-    n = len(frame)
-    combined = np.zeros(n, dtype=np.int64)
+    combined = np.zeros(len(frame), dtype=np.int64)
+    decoders: list = []  # how to get the key columns back from a combined key
     for key in keys:
-        codes, uniques = pd.factorize(frame[key].to_numpy(), use_na_sentinel=False)
-        if len(uniques) and combined.max(initial=0) > (2**62) // len(uniques):
-            combined = pd.factorize(combined)[0].astype(np.int64)  # keep the product within int64
-        combined = combined * len(uniques) + codes
-    pattern_of = pd.factorize(combined)[0].astype(np.int64)
-    # Codes are numbered in first-seen order: a row opens a pattern when its code exceeds all before it.
-    opens = np.ones(n, dtype=bool)
-    if n > 1:
-        opens[1:] = pattern_of[1:] > np.maximum.accumulate(pattern_of)[:-1]
-    first = np.flatnonzero(opens)
-    return frame[keys].iloc[first].reset_index(drop=True), pattern_of
+        codes, size, decode = _ordered_codes(frame[key].to_numpy())
+        if combined.max(initial=0) > (2**62) // size:
+            # Keep the product within int64: renumber the keys so far, in order.
+            combined, before = pd.factorize(combined, sort=True)
+            combined, decoders = combined.astype(np.int64), [(None, np.asarray(before), decoders)]
+        combined = combined * size + codes
+        decoders.append((key, size, decode))
+    pattern_of, distinct = pd.factorize(combined, sort=True)
+    return pd.DataFrame(_decoded(np.asarray(distinct), decoders)), pattern_of.astype(np.int64)
+
+
+def _decoded(combined: np.ndarray, decoders: list) -> dict[str, np.ndarray]:
+    """The key columns of :func:`distinct_rows`' combined keys, in the keys' order."""
+    columns: dict[str, np.ndarray] = {}
+    for key, size, decode in reversed(decoders):
+        if key is None:  # a renumbering: ``size`` holds the keys before it, ``decode`` their decoders
+            return _decoded(size[combined], decode) | dict(reversed(columns.items()))
+        combined, codes = np.divmod(combined, size)
+        columns[key] = decode(codes)
+    return dict(reversed(columns.items()))
 
 
 def _counted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Distinct ``keys`` rows with their number of rows (``count``), sorted by the keys."""
     distinct, pattern_of = distinct_rows(frame, keys)
     distinct["count"] = np.bincount(pattern_of, minlength=len(distinct))
-    return distinct.sort_values(keys, ignore_index=True)
+    return distinct
 
 
 def transaction_patterns(rfm: pd.DataFrame) -> pd.DataFrame:

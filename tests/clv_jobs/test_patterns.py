@@ -206,3 +206,23 @@ def test_patterns_count_customers_and_reject_impossible_histories():
     for column, value in (("T", np.nan), ("recency", 30.0), ("frequency", -1)):
         with pytest.raises(ValueError, match="must be"):
             patterns.transaction_patterns(rfm.assign(**{column: rfm[column].where(rfm.index != 2, value)}))
+
+
+@pytest.mark.parametrize("wide", [False, True])
+def test_distinct_rows_are_pandas_sorted_distinct_rows_and_index_every_row(wide):
+    rng = np.random.default_rng(3)
+    n = 5_000
+    frame = pd.DataFrame({
+        "count_like": rng.integers(-3, 40, n),  # integers, negative ones too
+        "days": rng.integers(0, 300, n).astype(float),  # whole floats: their own codes
+        "weeks": rng.integers(0, 300, n) / 7.0,  # fractions: factorised
+        "spend": np.where(rng.random(n) < 0.05, np.nan, np.round(rng.gamma(2.0, 20.0, n), 2)),
+    })
+    if wide:  # code ranges whose product passes int64: the keys so far are renumbered on the way
+        frame["count_like"] = rng.integers(-(2**29), 2**29, n)
+        frame["days"] = rng.integers(0, 2**30, n).astype(float)
+    keys = list(frame.columns)
+    distinct, row_of = patterns.distinct_rows(frame, keys)
+    expected = frame.drop_duplicates().sort_values(keys, ignore_index=True)
+    pd.testing.assert_frame_equal(distinct, expected)
+    pd.testing.assert_frame_equal(distinct.iloc[row_of].reset_index(drop=True), frame)
