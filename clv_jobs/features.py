@@ -68,7 +68,7 @@ SPLIT_COLUMNS = ["cal_days", "cal_mon_value", "cal_frequency", "cal_recency", "c
                  "holdout_purchases", "holdout_spend"]
 
 
-def _feature_sql(split: bool) -> str:
+def _feature_sql(split: bool, whole_window: bool = False) -> str:
     """One pass over the orders: per purchase day, then per customer, every window at once.
 
     Purchase days are local days and every window starts and ends at a local midnight, so
@@ -77,18 +77,42 @@ def _feature_sql(split: bool) -> str:
     (earlier) history window and the same pass adds the backtest's calibration columns
     (``cal_*``: the model inputs as of the split date) and holdout actuals (purchase days
     and spend from the split date on).
+
+    ``whole_window``: no order read lies before the history window (the usual case), so
+    the history window's columns need no filter and the calibration's come from them
+    less the holdout's, exactly (money is a decimal): its first day and first day's spend
+    are the customer's own when it has a calibration day at all. Five aggregates fewer
+    and twelve filters fewer in the per-customer step, the pass's dearest.
     """
-    in_window = "day >= $window_day" if split else None  # without a split, every day read is in it
+    in_window = "day >= $window_day" if split and not whole_window else None
     windows = ",\n                   ".join(
         f"CAST(coalesce(sum(day_amount) FILTER (WHERE day >= $lst{d}_day), 0) AS DOUBLE) "
         f"AS lst{d}_revenue,\n                   "
         f"CAST(coalesce(sum(orders) FILTER (WHERE day >= $lst{d}_day), 0) AS BIGINT) AS lst{d}_freq" for d in WINDOWS)
     where = f" FILTER (WHERE {in_window})" if in_window else ""
-    split_aggregates = f""",
+    derived_calibration = ""
+    if split and whole_window:
+        split_aggregates = """,
+                   max(day) FILTER (WHERE day < $split_day) AS cal_last_day,
+                   count(*) FILTER (WHERE day >= $split_day) AS holdout_purchases,
+                   sum(day_amount) FILTER (WHERE day >= $split_day) AS holdout_amount"""
+        derived_calibration = """,
+        per_customer_split AS (
+            SELECT *, w_days - holdout_purchases AS cal_days,
+                   w_amount - coalesce(holdout_amount, 0) AS cal_amount,
+                   CASE WHEN w_days > holdout_purchases THEN w_first_day END AS cal_first_day,
+                   CASE WHEN w_days > holdout_purchases THEN w_first_day_amount END AS cal_first_day_amount,
+                   CAST(coalesce(holdout_amount, 0) AS DOUBLE) AS holdout_spend
+            FROM per_customer
+        )"""
+    elif split:
+        split_aggregates = f""",
                    {_day_totals("cal_", "day < $split_day")},
                    count(*) FILTER (WHERE day >= $split_day) AS holdout_purchases,
                    CAST(coalesce(sum(day_amount) FILTER (WHERE day >= $split_day), 0) AS DOUBLE)
-                       AS holdout_spend""" if split else ""
+                       AS holdout_spend"""
+    else:
+        split_aggregates = ""
     split_select = f""",
                c.cal_days, CAST(coalesce(c.cal_amount, 0) AS DOUBLE) AS cal_mon_value,
                {_model_inputs("cal_", "$cal_period_end", "cal_")},
@@ -111,7 +135,7 @@ def _feature_sql(split: bool) -> str:
                    max(last_ts) AS last_ts,
                    {windows}{split_aggregates}
             FROM per_day GROUP BY customer_id
-        )
+        ){derived_calibration}
         SELECT c.customer_id, c.w_days AS days_in_window,
                c.freq_value, CAST(c.w_amount AS DOUBLE) AS mon_value, c.first_ts, c.last_ts,
                epoch($cutoff - c.last_ts) / 86400.0 AS rec_value,
@@ -121,7 +145,7 @@ def _feature_sql(split: bool) -> str:
                epoch($cutoff - c.first_ts) / 86400.0 AS tenure_days,
                {", ".join(f"c.lst{d}_revenue, c.lst{d}_freq" for d in WINDOWS)},
                {_model_inputs("w_", "$period_end")}{split_select}
-        FROM per_customer c
+        FROM {"per_customer_split" if derived_calibration else "per_customer"} c
         ORDER BY c.customer_id
         """
 
@@ -163,7 +187,14 @@ def feature_table(
         params |= {"split_day": split_date, "cal_window_day": months_before(split_date, history_window_months),
                    "cal_period_end": split_date - dt.timedelta(days=1)}
     params["range_start"] = range_start
-    sql = _feature_sql(split_date is not None)
+    whole_window = False
+    if split_date is not None:
+        # Whether any order read lies before the history window (its local midnight).
+        first_read = con.execute("SELECT min(order_ts) FROM transactions WHERE order_ts >= $range_start "
+                                 "AND order_ts < $cutoff", {"range_start": range_start,
+                                                            "cutoff": params["cutoff"]}).fetchall()[0][0]
+        whole_window = first_read is None or first_read >= window_start_utc(as_of, history_window_months, timezone)
+    sql = _feature_sql(split_date is not None, whole_window)
     return con.sql(sql, params={name: value for name, value in params.items() if f"${name}" in sql}).to_arrow_table()
 
 

@@ -258,10 +258,12 @@ def test_pareto_nbd_simulator_draws_exponential_lifetimes():
         SampleAccount("p", n_buyers=1, history_days=1, process="weibull")
 
 
+# 500 days of orders: inside a 24-month window (the pass derives the calibration from the
+# window's columns), and reaching before a 6-month one (the pass filters every column).
 @pytest.mark.parametrize(("timezone", "months", "time_unit"), [("UTC", 24, "D"), ("Europe/Madrid", 6, "W")])
 def test_the_one_pass_split_equals_features_as_of_the_split_date(timezone, months, time_unit):
     """The features pass computes the calibration columns too: they are build_features' as of the split."""
-    from clv_jobs.features import build_features
+    from clv_jobs.features import build_features, feature_table, features_frame
 
     sample = simulate_account(SampleAccount("shop", n_buyers=2_000, history_days=500, seed=9, bad_rows=False),
                               SIM_AS_OF)
@@ -270,6 +272,10 @@ def test_the_one_pass_split_equals_features_as_of_the_split_date(timezone, month
     try:
         split = split_history(con, SIM_AS_OF, timezone, months, 90, time_unit)
         expected = build_features(con, split.split_date, timezone, months, time_unit)
+        # ... and its history-window columns are build_features' as of the as-of date.
+        pd.testing.assert_frame_equal(
+            features_frame(feature_table(con, SIM_AS_OF, timezone, months, time_unit, split.split_date)),
+            build_features(con, SIM_AS_OF, timezone, months, time_unit))
         holdout = con.execute(
             """SELECT customer_id, count(DISTINCT CAST(timezone($tz, order_ts AT TIME ZONE 'UTC') AS DATE)),
                       sum(amount)
