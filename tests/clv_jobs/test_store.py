@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from clv_jobs import store as store_module
@@ -297,3 +299,25 @@ def test_activate_keeps_the_first_date(store):
     store.activate(ACCOUNT, D1)
     assert store.activation(ACCOUNT) == {"activated_on": "2025-05-01"}
     assert store.activation("other") is None
+
+
+def test_failed_parquet_write_keeps_old_content_and_no_partial(store, tmp_path, monkeypatch):
+    path = store.path(ACCOUNT, "x", "scores.parquet")
+    store.write_parquet(path, pd.DataFrame({"customer_id": ["a"]}))
+    unwritable = pa.table({"customer_id": ["b"], "gap": pa.array([(1, 2, 3)], pa.month_day_nano_interval())})
+    with pytest.raises(pa.ArrowException):  # Parquet has no such type
+        store.write_parquet(path, unwritable)
+    real_write = pq.write_table
+
+    def disk_full(table, where, **options):  # half a file written, then the disk is full
+        real_write(table, where, **options)
+        with open(where, "r+b") as half:
+            half.truncate(10)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        store.write_parquet(path, pd.DataFrame({"customer_id": ["c"]}))
+    monkeypatch.undo()
+    assert store.read_parquet(path)["customer_id"].tolist() == ["a"]
+    assert partials(tmp_path) == []
