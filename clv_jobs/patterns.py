@@ -55,8 +55,21 @@ MAX_EVALUATIONS = 5000
 UNIQUE_CUSTOMERS = "one_row_per_customer"
 
 
-def _ordered_codes(values: np.ndarray) -> tuple[np.ndarray, int, Callable[[np.ndarray], np.ndarray]]:
-    """Integer codes of ``values`` numbered in the values' order, their number, and code -> value.
+@dataclasses.dataclass(frozen=True)
+class _KeyLevel:
+    """One step of :func:`distinct_rows`' combined key: ``combined = combined * size + code``.
+
+    ``key`` None marks a renumbering of the keys so far (``decode`` maps the new numbers
+    back to the combined keys before it).
+    """
+
+    key: str | None
+    size: int
+    decode: Callable[[np.ndarray], np.ndarray]
+
+
+def _key_level(key: str, values: np.ndarray) -> tuple[np.ndarray, _KeyLevel]:
+    """Integer codes of ``values`` numbered in the values' order, and their :class:`_KeyLevel`.
 
     Whole numbers in a small range (frequencies, days) are their own codes, offset by the
     smallest: no hash needed. Anything else is factorised (NaN last, as a sort puts it).
@@ -65,11 +78,10 @@ def _ordered_codes(values: np.ndarray) -> tuple[np.ndarray, int, Callable[[np.nd
         whole = np.rint(values) if values.dtype.kind == "f" else values
         low, high = whole.min(), whole.max()
         if high - low < 2**31 and (whole is values or np.array_equal(whole, values)):
-            return ((whole - low).astype(np.int64), int(high - low) + 1,
-                    lambda codes: (codes + low).astype(values.dtype))
+            return (whole - low).astype(np.int64), _KeyLevel(key, int(high - low) + 1,
+                                                             lambda codes: (codes + low).astype(values.dtype))
     codes, uniques = pd.factorize(values, use_na_sentinel=False, sort=True)
-    uniques = np.asarray(uniques)
-    return codes.astype(np.int64), max(len(uniques), 1), uniques.take
+    return codes.astype(np.int64), _KeyLevel(key, max(len(uniques), 1), np.asarray(uniques).take)
 
 
 def distinct_rows(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
@@ -81,28 +93,26 @@ def distinct_rows(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, n
     multi-column group-by, and the distinct rows come sorted without sorting rows.
     """
     combined = np.zeros(len(frame), dtype=np.int64)
-    decoders: list = []  # how to get the key columns back from a combined key
+    levels: list[_KeyLevel] = []
     for key in keys:
-        codes, size, decode = _ordered_codes(frame[key].to_numpy())
-        if combined.max(initial=0) > (2**62) // size:
+        codes, level = _key_level(key, frame[key].to_numpy())
+        if combined.max(initial=0) > (2**62) // level.size:
             # Keep the product within int64: renumber the keys so far, in order.
             combined, before = pd.factorize(combined, sort=True)
-            combined, decoders = combined.astype(np.int64), [(None, np.asarray(before), decoders)]
-        combined = combined * size + codes
-        decoders.append((key, size, decode))
+            combined = combined.astype(np.int64)
+            levels.append(_KeyLevel(None, len(before), np.asarray(before).take))
+        combined = combined * level.size + codes
+        levels.append(level)
     pattern_of, distinct = pd.factorize(combined, sort=True)
-    return pd.DataFrame(_decoded(np.asarray(distinct), decoders)), pattern_of.astype(np.int64)
-
-
-def _decoded(combined: np.ndarray, decoders: list) -> dict[str, np.ndarray]:
-    """The key columns of :func:`distinct_rows`' combined keys, in the keys' order."""
-    columns: dict[str, np.ndarray] = {}
-    for key, size, decode in reversed(decoders):
-        if key is None:  # a renumbering: ``size`` holds the keys before it, ``decode`` their decoders
-            return _decoded(size[combined], decode) | dict(reversed(columns.items()))
-        combined, codes = np.divmod(combined, size)
-        columns[key] = decode(codes)
-    return dict(reversed(columns.items()))
+    # Each distinct combined key taken apart again, last key first.
+    columns, combined = {}, np.asarray(distinct)
+    for level in reversed(levels):
+        if level.key is None:
+            combined = level.decode(combined)
+        else:
+            combined, codes = np.divmod(combined, level.size)
+            columns[level.key] = level.decode(codes)
+    return pd.DataFrame({key: columns[key] for key in keys}), pattern_of.astype(np.int64)
 
 
 def _counted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
