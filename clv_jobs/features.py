@@ -81,8 +81,8 @@ def _feature_sql(split: bool, whole_window: bool = False) -> str:
     ``whole_window``: no order read lies before the history window (the usual case), so
     the history window's columns need no filter and the calibration's come from them
     less the holdout's, exactly (money is a decimal): its first day and first day's spend
-    are the customer's own when it has a calibration day at all. Five aggregates fewer
-    and twelve filters fewer in the per-customer step, the pass's dearest.
+    are the customer's own when it has a calibration day at all. Four aggregates and
+    eleven filters fewer in the per-customer step, the pass's dearest.
     """
     in_window = "day >= $window_day" if split and not whole_window else None
     windows = ",\n                   ".join(
