@@ -171,7 +171,7 @@ def feature_table(
     0``) or, with ``split_date``, in the calibration window (``cal_days > 0``), sorted by
     customer id. See :func:`build_features` and :func:`clv_jobs.backtest.split_history`.
     """
-    range_start = window_start_utc(as_of, history_window_months, timezone)
+    window_start = range_start = window_start_utc(as_of, history_window_months, timezone)
     params = {
         "cutoff": cutoff_utc(as_of, timezone),
         "window_day": months_before(as_of, history_window_months),
@@ -182,18 +182,17 @@ def feature_table(
     window_day = params["window_day"]
     # A recent window never reaches before the history window (a window of 6 months, say).
     params |= {f"lst{days}_day": max(as_of - dt.timedelta(days=days), window_day) for days in WINDOWS}
+    whole_window = False
     if split_date is not None:
         range_start = min(range_start, window_start_utc(split_date, history_window_months, timezone))
         params |= {"split_day": split_date, "cal_window_day": months_before(split_date, history_window_months),
                    "cal_period_end": split_date - dt.timedelta(days=1)}
-    params["range_start"] = range_start
-    whole_window = False
-    if split_date is not None:
         # Whether any order read lies before the history window (its local midnight).
         first_read = con.execute("SELECT min(order_ts) FROM transactions WHERE order_ts >= $range_start "
                                  "AND order_ts < $cutoff", {"range_start": range_start,
                                                             "cutoff": params["cutoff"]}).fetchall()[0][0]
-        whole_window = first_read is None or first_read >= window_start_utc(as_of, history_window_months, timezone)
+        whole_window = first_read is None or first_read >= window_start
+    params["range_start"] = range_start
     sql = _feature_sql(split_date is not None, whole_window)
     return con.sql(sql, params={name: value for name, value in params.items() if f"${name}" in sql}).to_arrow_table()
 

@@ -157,6 +157,7 @@ class Store:
             with self.fs.open_output_stream(path) as out:  # one PUT (multipart above 10 MiB)
                 out.write(buffer)
             return
+
         def write(staging: str) -> None:
             with self.fs.open_output_stream(staging) as out:
                 out.write(data)
