@@ -160,7 +160,7 @@ def validate_transactions(
                 WHEN {timestamp} > {_READ_AT} THEN 'future_timestamp'
                 WHEN {timestamp} >= $cutoff THEN 'later'
                 WHEN {_AMOUNT} IS NULL OR NOT isfinite({_AMOUNT}) OR {_AMOUNT} < 0
-                     -- no price; and the features sum money as decimals (features.MONEY)
+                     -- no price; and the features sum money as decimals (features.WIDE_MONEY)
                      OR {_AMOUNT} >= 1e15 THEN 'invalid_amount'
                 -- A later "cancelled" row of the same order id cancels the order, all its copies.
                 WHEN CAST(order_id AS VARCHAR) IN (

@@ -344,3 +344,24 @@ def test_money_sums_are_exact_whatever_the_order_of_the_orders():
     assert forward.loc["a", "mon_value"] == 50.6
     assert forward.loc["a", "monetary_value"] == 0.6 / 3
     assert forward.loc["a", "lst360_revenue"] == 50.6
+
+
+def test_amounts_of_a_trillion_or_more_are_summed_exactly_too():
+    """Amounts from ``features.MONEY_LIMIT`` on are read as 128-bit decimals: still exact."""
+    big = 3e12 + 0.25
+    features = _features([("a", dt.datetime(2025, 1, 5, 10), big), ("a", dt.datetime(2025, 2, 5, 10), 0.5)])
+    assert features.loc["a", "mon_value"] == 3e12 + 0.75
+    assert features.loc["a", "monetary_value"] == 0.5
+
+
+def test_64_and_128_bit_decimals_give_the_same_features(random_orders, monkeypatch):
+    """The 64-bit reading of the amounts changes no feature (any amount, micro-units, over random orders)."""
+    import clv_jobs.features as features_module
+
+    rng = np.random.default_rng(7)
+    orders = random_orders.assign(amount=rng.uniform(0, 1e6, len(random_orders)).round(int(rng.integers(0, 7))))
+    rows = list(orders.itertuples(index=False, name=None))
+    narrow = _features(rows)
+    monkeypatch.setattr(features_module, "MONEY_LIMIT", 0.0)  # every amount read as WIDE_MONEY
+    wide = _features(rows)
+    pd.testing.assert_frame_equal(narrow, wide, check_exact=True)
