@@ -131,6 +131,8 @@ def _run(source, account_id: str = "pg", resolver=None) -> dict:
     """load_account → validate_transactions → build_features and prepare_contacts."""
     con = connect()
     loaded = load_account(con, source, account_id, resolver)
+    # The rows as loaded (validation drops raw_transactions once it has classified them).
+    order_ids = con.execute("SELECT list(DISTINCT order_id[:9]) FROM raw_transactions").fetchall()[0][0]
     # No quarantine limit: the small second account has more than 1 % bad rows.
     report = validate_transactions(con, account_id, str(loaded["source"]), cutoff_utc(AS_OF, "UTC"), 1.0, READ_AT)
     features = build_features(con, AS_OF, "UTC", 24)
@@ -142,7 +144,7 @@ def _run(source, account_id: str = "pg", resolver=None) -> dict:
         "madrid": build_features(con, AS_OF, "Europe/Madrid", 12, "W"),
         "contacts": con.execute("SELECT * FROM contacts ORDER BY customer_id").df(),
         "quarantine": con.execute("SELECT source_row, reason FROM quarantine ORDER BY source_row").df(),
-        "order_ids": con.execute("SELECT list(DISTINCT order_id[:9]) FROM raw_transactions").fetchall()[0][0],
+        "order_ids": order_ids,
     }
     con.close()
     return result
