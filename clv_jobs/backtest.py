@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import logging
 import time
 import warnings
@@ -35,7 +36,7 @@ from clv_jobs import formulas
 from clv_jobs.errors import ModelError
 from clv_jobs.features import TIME_UNIT_DAYS, buyer_rows, feature_table, rfm_frame
 from clv_jobs.model import FittedModels, fit_models
-from clv_jobs.patterns import UNIQUE_CUSTOMERS, distinct_rows
+from clv_jobs.patterns import TRANSACTION_KEYS, UNIQUE_CUSTOMERS, distinct_rows
 from clv_jobs.settings import ModelSettings
 
 log = logging.getLogger("clv_jobs")
@@ -88,9 +89,9 @@ class HoldoutSplit:
         """The holdout in the model's time unit (what ``expected_purchases`` takes)."""
         return self.holdout_days / TIME_UNIT_DAYS[self.time_unit]
 
-    @property
+    @functools.cached_property
     def rfm(self) -> pd.DataFrame:
-        """The calibration model inputs."""
+        """The calibration model inputs (one frame: the predictions of its fit reuse its patterns)."""
         return rfm_frame(self.calibration)
 
     def in_unit(self, time_unit: str) -> HoldoutSplit:
@@ -295,7 +296,11 @@ def model_predictions(models: FittedModels, rfm: pd.DataFrame, future_t: float) 
         expected spend per purchase day; the population mean for one-time buyers), each in
         the order of ``rfm``; posterior means for a full posterior.
     """
-    patterns, pattern_of = distinct_rows(rfm, ["frequency", "recency", "T"])
+    if rfm is models.fitted_rfm and models.rows_pattern is not None:
+        patterns, pattern_of = models.patterns[models.transaction_model], models.rows_pattern
+    else:
+        patterns, pattern_of = distinct_rows(rfm, TRANSACTION_KEYS)
+    patterns = patterns[TRANSACTION_KEYS]
     if models.closed_form:
         name, parameters = models.transaction_model, models.parameters
         x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))

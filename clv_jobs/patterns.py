@@ -115,19 +115,25 @@ def distinct_rows(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, n
     return pd.DataFrame({key: columns[key] for key in keys}), pattern_of.astype(np.int64)
 
 
-def _counted(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Distinct ``keys`` rows with their number of rows (``count``), sorted by the keys."""
-    distinct, pattern_of = distinct_rows(frame, keys)
-    distinct["count"] = np.bincount(pattern_of, minlength=len(distinct))
-    return distinct
+def _counted(frame: pd.DataFrame, keys: list[str],
+             rows: tuple[pd.DataFrame, np.ndarray] | None = None) -> pd.DataFrame:
+    """Distinct ``keys`` rows with their number of rows (``count``), sorted by the keys.
+
+    ``rows``: :func:`distinct_rows` of ``frame`` and ``keys``, when already computed.
+    """
+    distinct, pattern_of = distinct_rows(frame, keys) if rows is None else rows
+    return distinct.assign(count=np.bincount(pattern_of, minlength=len(distinct)))
 
 
-def transaction_patterns(rfm: pd.DataFrame) -> pd.DataFrame:
-    """Distinct ``(frequency, recency, T)`` with their number of customers (``count``)."""
+def transaction_patterns(rfm: pd.DataFrame, rows: tuple[pd.DataFrame, np.ndarray] | None = None) -> pd.DataFrame:
+    """Distinct ``(frequency, recency, T)`` with their number of customers (``count``).
+
+    ``rows``: :func:`distinct_rows` of ``rfm`` and :data:`TRANSACTION_KEYS`, when already computed.
+    """
     if "customer_id" in rfm and not rfm.attrs.get(UNIQUE_CUSTOMERS) and not rfm["customer_id"].is_unique:
         # One row per customer, as pymc-marketing's models require: a repeated id is a bug upstream.
         raise ValueError("customer_id has duplicate entries")
-    patterns = _counted(rfm, TRANSACTION_KEYS)
+    patterns = _counted(rfm, TRANSACTION_KEYS, rows)
     _check_transaction_patterns(patterns)  # here, so that no customer is silently left out
     return patterns
 

@@ -196,6 +196,25 @@ def _simulated_split(account: SampleAccount) -> backtest.HoldoutSplit:
         con.close()
 
 
+@pytest.mark.parametrize("model", ["bg_nbd", "pareto_nbd"])
+def test_predictions_for_the_fitted_rows_reuse_the_fits_patterns_and_equal_a_fresh_pass(model):
+    """``model_predictions`` on the very frame a fit saw takes its patterns from the fit (the
+    backtest and the gate do); any other frame, even an equal copy, is grouped again: same numbers."""
+    from clv_jobs.model import fit_models
+
+    split = _simulated_split(SampleAccount("reuse", n_buyers=1_500, history_days=700, seed=3, bad_rows=False))
+    models = fit_models(split.rfm, ModelSettings(transaction_model=model))
+    assert models.fitted_rfm is split.rfm and len(models.rows_pattern) == len(split.rfm)
+    reused = backtest.model_predictions(models, split.rfm, split.holdout_length)
+    fresh = backtest.model_predictions(models, split.rfm.copy(), split.holdout_length)
+    for name in ("purchases", "p_alive", "spend"):
+        np.testing.assert_array_equal(reused[name], fresh[name])
+    # The reuse is taken: a wrong pattern index shows in the predictions.
+    models.rows_pattern = models.rows_pattern[::-1].copy()
+    shuffled = backtest.model_predictions(models, split.rfm, split.holdout_length)
+    assert not np.array_equal(shuffled["purchases"], fresh["purchases"])
+
+
 @pytest.mark.slow
 def test_backtest_of_a_simulated_account_beats_the_naive_baseline():
     split = _simulated_split(SampleAccount("shop", n_buyers=3_000, history_days=800, seed=4, bad_rows=False))
