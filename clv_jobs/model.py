@@ -27,7 +27,7 @@ import pandas as pd
 
 from clv_jobs import formulas, patterns
 from clv_jobs.errors import ModelError
-from clv_jobs.patterns import distinct_rows
+from clv_jobs.patterns import TRANSACTION_KEYS, distinct_rows
 from clv_jobs.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         return _fit_mcmc(rfm, settings)
     try:
         started = time.perf_counter()
-        transaction_rows = distinct_rows(rfm, patterns.TRANSACTION_KEYS)
+        transaction_rows = distinct_rows(rfm, TRANSACTION_KEYS)
         fitted_patterns = {name: patterns.transaction_patterns(rfm, transaction_rows),
                            "gamma_gamma": patterns.spend_patterns(repeat_buyers)}
         transaction_fit = fit_transaction_model(rfm, name, settings.priors, fitted_patterns[name])
@@ -294,6 +294,7 @@ def score_customers(
     horizon_months: int = 12,
     discount_rate: float = 0.0,
     time_unit: str = "D",
+    rows: tuple[pd.DataFrame, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Score every customer with the fitted models.
 
@@ -308,6 +309,9 @@ def score_customers(
         Monthly discount rate of the CLV.
     time_unit : {"D", "W"}
         Unit of ``recency`` and ``T``.
+    rows : (pandas.DataFrame, numpy.ndarray), optional
+        :func:`clv_jobs.patterns.distinct_rows` of ``rfm``'s ``frequency, recency, T``, when
+        already known (a refit scoring with its own fit, which found them): not found again.
 
     Returns
     -------
@@ -322,7 +326,7 @@ def score_customers(
 
     horizon = horizon_months * DAYS_PER_MONTH / (7.0 if time_unit == "W" else 1.0)
     if models.closed_form:
-        predicted = _closed_form_scores(models, rfm, horizon, horizon_months, discount_rate, time_unit)
+        predicted = _closed_form_scores(models, rfm, horizon, horizon_months, discount_rate, time_unit, rows)
     else:
         # pymc-marketing's methods once per distinct row of their inputs, taken back.
         distinct, pattern_of = distinct_rows(rfm, ["frequency", "recency", "T", "monetary_value"])
@@ -343,7 +347,8 @@ def score_customers(
 
 
 def _closed_form_scores(models: FittedModels, rfm: pd.DataFrame, horizon: float, horizon_months: int,
-                        discount_rate: float, time_unit: str) -> dict[str, np.ndarray]:
+                        discount_rate: float, time_unit: str,
+                        rows: tuple[pd.DataFrame, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """:func:`_pymc_marketing_scores` by the same formulas in NumPy (:mod:`clv_jobs.formulas`), per row of ``rfm``.
 
     The transaction model's predictions are computed once per distinct ``(frequency,
@@ -351,7 +356,7 @@ def _closed_form_scores(models: FittedModels, rfm: pd.DataFrame, horizon: float,
     """
     name = models.transaction_model
     transaction, spend = models.parameters[name], models.parameters["gamma_gamma"]
-    patterns, pattern_of = distinct_rows(rfm, ["frequency", "recency", "T"])
+    patterns, pattern_of = distinct_rows(rfm, TRANSACTION_KEYS) if rows is None else rows
     x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
     purchases: dict[float, np.ndarray] = {}
     with np.errstate(all="ignore"):

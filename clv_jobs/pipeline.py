@@ -148,6 +148,7 @@ def score_account(
     account: AccountSettings,
     previous_segments: pd.Series | None = None,
     time_unit: str | None = None,
+    rows: tuple[pd.DataFrame, np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """The run's full per-customer scores table: features, predictions, segments, groups.
 
@@ -163,19 +164,23 @@ def score_account(
         Time unit of the models' parameters when it is not the account's (a previous model
         kept by the quality gate after the account changed ``time_unit``): ``recency`` and
         ``T`` are converted for the models, the features table keeps its own.
+    rows : (pandas.DataFrame, numpy.ndarray), optional
+        The transaction patterns of ``features`` and each buyer's index into them, when the
+        refit's own fit found them (:func:`clv_jobs.model.score_customers`).
     """
     unit = time_unit or account.model.time_unit
     rfm = rfm_frame(features)
     if unit != account.model.time_unit:
         factor = TIME_UNIT_DAYS[account.model.time_unit] / TIME_UNIT_DAYS[unit]
         rfm = rfm.assign(recency=rfm["recency"] * factor, T=rfm["T"] * factor)
+        rows = None  # patterns in the features' unit
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clv-control") as beside:
         # The control group's hashes (DuckDB, on its own threads) are computed beside the
         # predictions (NumPy, on one core).
         control_group = beside.submit(segments.assign_control_group, features["customer_id"],
                                       account.control_group_salt, account.control_group.share)
         predictions = score_customers(
-            models, rfm, account.model.horizon_months, account.model.discount_rate, unit,
+            models, rfm, account.model.horizon_months, account.model.discount_rate, unit, rows,
         )
     # A shallow copy: the new columns are its own, the features' columns stay shared
     # (copy-on-write); a deep copy took two seconds at five million buyers.
@@ -490,6 +495,10 @@ def fit(project: Project, run: dict, memory: dict | None = None) -> dict:
         "stage_seconds": seconds,
     }
     if verdict.passed:
+        if memory is not None and models.rows_pattern is not None:
+            # The score stage scores these very buyers with this fit: its patterns, not found
+            # again (a second at five million buyers).
+            memory["transaction_rows"] = (models.patterns[name], models.rows_pattern)
         store.write_json(_run_file(store, run, "model.json"), record | {
             "model": name,
             "parameters": models.parameters,
@@ -535,7 +544,8 @@ def score(project: Project, run: dict, memory: dict | None = None) -> dict:
     with _step(account.account_id, "score and segment"):
         table = score_account(_get_frame(store, run, "features", memory), models,
                               account, _previous_segments(store, account.account_id, previous),
-                              time_unit=_model_time_unit(stored, account.model.time_unit))
+                              time_unit=_model_time_unit(stored, account.model.time_unit),
+                              rows=memory.pop("transaction_rows", None) if memory is not None else None)
     path = _run_file(store, run, "scores.parquet")
     # In Arrow once: the Parquet file and the Datamodel are both written from it.
     scores = pa.Table.from_pandas(table, preserve_index=False)

@@ -200,7 +200,7 @@ def _simulated_split(account: SampleAccount) -> backtest.HoldoutSplit:
 def test_predictions_for_the_fitted_rows_reuse_the_fits_patterns_and_equal_a_fresh_pass(model):
     """``model_predictions`` on the very frame a fit saw takes its patterns from the fit (the
     backtest and the gate do); any other frame, even an equal copy, is grouped again: same numbers."""
-    from clv_jobs.model import fit_models
+    from clv_jobs.model import fit_models, score_customers
 
     split = _simulated_split(SampleAccount("reuse", n_buyers=1_500, history_days=700, seed=3, bad_rows=False))
     models = fit_models(split.rfm, ModelSettings(transaction_model=model))
@@ -209,6 +209,10 @@ def test_predictions_for_the_fitted_rows_reuse_the_fits_patterns_and_equal_a_fre
     fresh = backtest.model_predictions(models, split.rfm.copy(), split.holdout_length)
     for name in ("purchases", "p_alive", "spend"):
         np.testing.assert_array_equal(reused[name], fresh[name])
+    # The score stage of a refit is handed the same patterns: the same scores.
+    rows = (models.patterns[model], models.rows_pattern)
+    pd.testing.assert_frame_equal(score_customers(models, split.rfm, rows=rows), score_customers(models, split.rfm),
+                                  check_exact=True)
     # The reuse is taken: a wrong pattern index shows in the predictions.
     models.rows_pattern = models.rows_pattern[::-1].copy()
     shuffled = backtest.model_predictions(models, split.rfm, split.holdout_length)
