@@ -185,7 +185,7 @@ def validate_transactions(
     counts = dict(con.execute("SELECT outcome, count(*) FROM classified GROUP BY ALL").fetchall())
     # The raw rows live on in the quarantine and in classified: dropped before the clean
     # orders are copied, no row is held three times over (validation's peak at five
-    # million buyers fell from 3.7 GiB to 2.4-2.5 GiB).
+    # million buyers fell from 3.7 GiB to 2.5 GiB).
     con.execute("DROP TABLE raw_transactions")
     # Duplicate order ids count once: the first row (in source order) is kept. The order
     # ids seen more than once are few: a group-by finds them, a second one the row each
