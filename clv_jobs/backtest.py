@@ -296,11 +296,8 @@ def model_predictions(models: FittedModels, rfm: pd.DataFrame, future_t: float) 
         expected spend per purchase day; the population mean for one-time buyers), each in
         the order of ``rfm``; posterior means for a full posterior.
     """
-    if rfm is models.fitted_rfm and models.rows_pattern is not None:
-        patterns, pattern_of = models.patterns[models.transaction_model], models.rows_pattern
-    else:
-        patterns, pattern_of = distinct_rows(rfm, TRANSACTION_KEYS)
-    patterns = patterns[TRANSACTION_KEYS]
+    patterns, pattern_of = models.rows_of(rfm) or distinct_rows(rfm, TRANSACTION_KEYS)
+    patterns = patterns[TRANSACTION_KEYS]  # a fit's patterns carry their counts too
     if models.closed_form:
         name, parameters = models.transaction_model, models.parameters
         x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))

@@ -27,7 +27,7 @@ import pandas as pd
 
 from clv_jobs import formulas, patterns
 from clv_jobs.errors import ModelError
-from clv_jobs.patterns import TRANSACTION_KEYS, distinct_rows
+from clv_jobs.patterns import TRANSACTION_KEYS, DistinctRows, distinct_rows
 from clv_jobs.settings import ModelSettings
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,12 @@ class FittedModels:
     #: the quality gate's) need not find the patterns again (half a second at 5M buyers).
     fitted_rfm: pd.DataFrame | None = dataclasses.field(default=None, repr=False, compare=False)
     rows_pattern: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+
+    def rows_of(self, rfm: pd.DataFrame) -> DistinctRows | None:
+        """The transaction patterns of ``rfm`` and each row's index into them, if it is the fitted frame."""
+        if rfm is not self.fitted_rfm or self.rows_pattern is None:
+            return None
+        return self.patterns[self.transaction_model], self.rows_pattern
 
     def _point_or_draws(self, model: str, names: tuple[str, ...]) -> dict:
         source = self.posterior if self.posterior else self.parameters
@@ -294,7 +300,7 @@ def score_customers(
     horizon_months: int = 12,
     discount_rate: float = 0.0,
     time_unit: str = "D",
-    rows: tuple[pd.DataFrame, np.ndarray] | None = None,
+    rows: DistinctRows | None = None,
 ) -> pd.DataFrame:
     """Score every customer with the fitted models.
 
@@ -348,7 +354,7 @@ def score_customers(
 
 def _closed_form_scores(models: FittedModels, rfm: pd.DataFrame, horizon: float, horizon_months: int,
                         discount_rate: float, time_unit: str,
-                        rows: tuple[pd.DataFrame, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+                        rows: DistinctRows | None = None) -> dict[str, np.ndarray]:
     """:func:`_pymc_marketing_scores` by the same formulas in NumPy (:mod:`clv_jobs.formulas`), per row of ``rfm``.
 
     The transaction model's predictions are computed once per distinct ``(frequency,

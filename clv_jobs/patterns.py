@@ -84,7 +84,11 @@ def _key_level(key: str, values: np.ndarray) -> tuple[np.ndarray, _KeyLevel]:
     return codes.astype(np.int64), _KeyLevel(key, max(len(uniques), 1), np.asarray(uniques).take)
 
 
-def distinct_rows(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+#: :func:`distinct_rows`' result: the distinct rows, and each row's index into them.
+DistinctRows = tuple[pd.DataFrame, np.ndarray]
+
+
+def distinct_rows(frame: pd.DataFrame, keys: list[str]) -> DistinctRows:
     """The distinct ``keys`` rows of ``frame``, sorted by the keys, and each row's index into them.
 
     Scores are computed once per distinct pattern and taken back with the index. Each key
@@ -116,7 +120,7 @@ def distinct_rows(frame: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, n
 
 
 def _counted(frame: pd.DataFrame, keys: list[str],
-             rows: tuple[pd.DataFrame, np.ndarray] | None = None) -> pd.DataFrame:
+             rows: DistinctRows | None = None) -> pd.DataFrame:
     """Distinct ``keys`` rows with their number of rows (``count``), sorted by the keys.
 
     ``rows``: :func:`distinct_rows` of ``frame`` and ``keys``, when already computed.
@@ -125,7 +129,7 @@ def _counted(frame: pd.DataFrame, keys: list[str],
     return distinct.assign(count=np.bincount(pattern_of, minlength=len(distinct)))
 
 
-def transaction_patterns(rfm: pd.DataFrame, rows: tuple[pd.DataFrame, np.ndarray] | None = None) -> pd.DataFrame:
+def transaction_patterns(rfm: pd.DataFrame, rows: DistinctRows | None = None) -> pd.DataFrame:
     """Distinct ``(frequency, recency, T)`` with their number of customers (``count``).
 
     ``rows``: :func:`distinct_rows` of ``rfm`` and :data:`TRANSACTION_KEYS`, when already computed.

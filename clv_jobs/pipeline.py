@@ -36,7 +36,7 @@ from clv_jobs.eligibility import EligibilityResult, evaluate, history_stats
 from clv_jobs.errors import InputError, ModelError, NotEligibleError
 from clv_jobs.features import FEATURE_COLUMNS, TIME_UNIT_DAYS, feature_table, features_frame, rfm_frame
 from clv_jobs.model import FittedModels, fit_models, models_from_parameters, score_customers
-from clv_jobs.patterns import UNIQUE_CUSTOMERS
+from clv_jobs.patterns import UNIQUE_CUSTOMERS, DistinctRows
 from clv_jobs.settings import AccountSettings, ModelSettings, Project
 from clv_jobs.sources import connect, load_account, prepare_contacts
 from clv_jobs.store import Store
@@ -148,7 +148,7 @@ def score_account(
     account: AccountSettings,
     previous_segments: pd.Series | None = None,
     time_unit: str | None = None,
-    rows: tuple[pd.DataFrame, np.ndarray] | None = None,
+    rows: DistinctRows | None = None,
 ) -> pd.DataFrame:
     """The run's full per-customer scores table: features, predictions, segments, groups.
 
@@ -495,10 +495,10 @@ def fit(project: Project, run: dict, memory: dict | None = None) -> dict:
         "stage_seconds": seconds,
     }
     if verdict.passed:
-        if memory is not None and models.rows_pattern is not None:
+        if memory is not None:
             # The score stage scores these very buyers with this fit: its patterns, not found
-            # again (a second at five million buyers).
-            memory["transaction_rows"] = (models.patterns[name], models.rows_pattern)
+            # again (a second at five million buyers; None after a Bayesian fit).
+            memory["transaction_rows"] = models.rows_of(rfm)
         store.write_json(_run_file(store, run, "model.json"), record | {
             "model": name,
             "parameters": models.parameters,
