@@ -161,9 +161,14 @@ def _ensure_table(conn: psycopg.Connection, table: str, where: str) -> None:
     if conn.execute("SELECT to_regclass(%s)", (name,)).fetchone()[0] is None:
         try:
             with conn.transaction():
+                # Two CREATE TABLE IF NOT EXISTS at once collide in the catalogue (on the
+                # table, or on its row type: DuplicateObject). Deliveries take turns here;
+                # the lock is held to the commit below, so the next one finds the table.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                             (f"clv_jobs.delivery.postgres:create:{name}",))
                 conn.execute(create_table_statement(table))
-        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
-            pass  # another delivery created it at the same moment
+        except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable, psycopg.errors.DuplicateObject):
+            pass  # created at the same moment by someone not taking the lock
     columns = {row[0] for row in conn.execute(
         "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
         (name,),

@@ -395,3 +395,35 @@ def test_missing_connection_is_a_config_error(monkeypatch, table, make_datamodel
 def test_sqlstate_classification(sqlstate, transient):
     error = psycopg.errors.lookup(sqlstate)("x")
     assert pg_delivery.is_transient(error) is transient
+
+
+def test_deliveries_creating_one_table_at_the_same_moment_all_succeed(postgres_dsn, table):
+    """Many first deliveries start together: one creates the table, the others find it.
+
+    Two ``CREATE TABLE IF NOT EXISTS`` at once collide in PostgreSQL's catalogue
+    (``DuplicateObject`` on the table's row type, seen in CI); the creations take turns.
+    """
+    workers = 8
+    start = threading.Barrier(workers)
+    errors: list[BaseException] = []
+
+    def create() -> None:
+        try:
+            with psycopg.connect(postgres_dsn) as conn:
+                start.wait(timeout=10)
+                pg_delivery._ensure_table(conn, table, "test")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    for _ in range(40):  # a fresh race each round
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+        threads = [threading.Thread(target=create) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        start.reset()
+        assert errors == []
+    with psycopg.connect(postgres_dsn) as conn:
+        assert conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is not None
