@@ -73,7 +73,8 @@ SPLIT_COLUMNS = ["cal_days", "cal_mon_value", "cal_frequency", "cal_recency", "c
                  "holdout_purchases", "holdout_spend"]
 
 
-def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY) -> str:
+def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY, first: bool = False,
+                 last: bool = False) -> str:
     """One pass over the orders: per purchase day, then per customer, every window at once.
 
     Purchase days are local days and every window starts and ends at a local midnight, so
@@ -90,7 +91,11 @@ def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY) ->
     eleven filters fewer in the per-customer step, the pass's dearest.
 
     ``money``: the decimal type each order's amount is read as (:data:`MONEY`).
+
+    ``first``, ``last``: the pass covers the customer ids from ``$first_id`` on, before
+    ``$last_id`` (a part of :func:`feature_table`).
     """
+    customers = (" AND customer_id >= $first_id" if first else "") + (" AND customer_id < $last_id" if last else "")
     in_window = "day >= $window_day" if split and not whole_window else None
     windows = ",\n                   ".join(
         f"CAST(coalesce(sum(day_amount) FILTER (WHERE day >= $lst{d}_day), 0) AS DOUBLE) "
@@ -130,7 +135,7 @@ def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY) ->
                    sum(CAST(amount AS {money})) AS day_amount, count(*) AS orders,
                    min(order_ts) AS first_ts, max(order_ts) AS last_ts
             FROM transactions
-            WHERE order_ts >= $range_start AND order_ts < $cutoff
+            WHERE order_ts >= $range_start AND order_ts < $cutoff{customers}
             GROUP BY ALL
         ),
         per_customer AS (
@@ -194,15 +199,44 @@ def feature_table(
         params |= {"split_day": split_date, "cal_window_day": months_before(split_date, history_window_months),
                    "cal_period_end": split_date - dt.timedelta(days=1)}
     params["range_start"] = range_start
-    # Of the orders read: the first (whether any lies before the history window) and the
-    # largest amount (whether 64-bit decimals hold every one).
-    first_read, largest = con.execute(
-        "SELECT min(order_ts), max(abs(amount)) FROM transactions WHERE order_ts >= $range_start "
+    # Of the orders read: the first (whether any lies before the history window), the
+    # largest amount (whether 64-bit decimals hold every one) and their count (the parts).
+    first_read, largest, orders_read = con.execute(
+        "SELECT min(order_ts), max(abs(amount)), count(*) FROM transactions WHERE order_ts >= $range_start "
         "AND order_ts < $cutoff", {"range_start": range_start, "cutoff": params["cutoff"]}).fetchall()[0]
     whole_window = split_date is not None and (first_read is None or first_read >= window_start)
     money = MONEY if largest is None or largest < MONEY_LIMIT else WIDE_MONEY
-    sql = _feature_sql(split_date is not None, whole_window, money)
-    return con.sql(sql, params={name: value for name, value in params.items() if f"${name}" in sql}).to_arrow_table()
+    parts = []
+    for first_id, last_id in customer_ranges(con, orders_read):
+        sql = _feature_sql(split_date is not None, whole_window, money, first_id is not None, last_id is not None)
+        bound = params | {"first_id": first_id, "last_id": last_id}
+        parts.append(con.sql(sql, params={name: value for name, value in bound.items() if f"${name}" in sql})
+                     .to_arrow_table())
+    return pa.concat_tables(parts)
+
+
+#: Orders per part of :func:`feature_table`'s pass (:func:`customer_ranges`).
+ORDERS_PER_PART = 1_500_000
+
+
+def customer_ranges(con: duckdb.DuckDBPyConnection, orders: int) -> list[tuple[str | None, str | None]]:
+    """Consecutive ranges ``[first, last)`` of customer ids (``None``: open), of about :data:`ORDERS_PER_PART` orders.
+
+    The per-customer pass holds a hash table of every customer it sees: in parts, a part at
+    a time (five million buyers: 1.3 GiB more at the peak than the orders, not 2.7 GiB, and
+    no slower); parts of consecutive ids, each sorted, are together sorted. The bounds come
+    from a fixed sample of the ids: the rows out do not depend on them.
+    """
+    count = -(-orders // ORDERS_PER_PART)
+    if count < 2:
+        return [(None, None)]
+    quantiles = [index / count for index in range(1, count)]
+    bounds = con.execute(
+        "SELECT quantile_disc(customer_id, $quantiles) FROM "
+        "(SELECT customer_id FROM transactions USING SAMPLE reservoir(100000 ROWS) REPEATABLE (1))",
+        {"quantiles": quantiles}).fetchall()[0][0]
+    bounds = sorted(set(bounds))
+    return list(zip([None, *bounds], [*bounds, None], strict=True))
 
 
 def buyer_rows(table: pa.Table, columns: list[str], days_column: str) -> pa.Table:

@@ -365,3 +365,29 @@ def test_64_and_128_bit_decimals_give_the_same_features(random_orders, monkeypat
     monkeypatch.setattr(features_module, "MONEY_LIMIT", 0.0)  # every amount read as WIDE_MONEY
     wide = _features(rows)
     pd.testing.assert_frame_equal(narrow, wide, check_exact=True)
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "Europe/Madrid"])
+def test_the_pass_in_parts_gives_the_table_of_one_pass(random_orders, monkeypatch, timezone):
+    """Customer-id ranges of a few orders each (``features.ORDERS_PER_PART``): the same rows, in the same order.
+
+    Ids that sort apart as bytes do (quotes, capitals, accents, prefixes of one another), and
+    the backtest's columns with them.
+    """
+    import clv_jobs.features as features_module
+
+    names = ["O'Brien", "o'brien", "Zoë", "zoe", "A", "a", "ab", "a b", "Émile", "émile", "日本", "1", "10", "9"]
+    orders = random_orders.assign(
+        customer_id=[names[int(code[1:]) % len(names)] + code for code in random_orders["customer_id"]])
+    rows = list(orders.itertuples(index=False, name=None))
+    split_date = AS_OF - 90 * DAY
+    whole = features_module.feature_table(_session(rows), AS_OF, timezone, 24, "D", split_date)
+    monkeypatch.setattr(features_module, "ORDERS_PER_PART", 7)
+    con = _session(rows)
+    ranges = features_module.customer_ranges(con, len(rows))
+    parts = features_module.feature_table(con, AS_OF, timezone, 24, "D", split_date)
+
+    assert len(ranges) > 20
+    assert parts.combine_chunks().equals(whole.combine_chunks())
+    ids = whole["customer_id"].to_pylist()
+    assert ids == sorted(ids, key=lambda text: text.encode()) and len(set(ids)) == len(ids) > 50
