@@ -349,8 +349,10 @@ def _holdout_split(store: Store, run: dict, account: AccountSettings, memory: di
     """The backtest's split of the run's history (``work/calibration.parquet``)."""
     holdout_days = account.model.holdout_days
     split_date = dt.date.fromisoformat(run["as_of"]) - dt.timedelta(days=holdout_days)
-    return backtest.holdout_split(_get_arrow(store, run, "calibration", memory), split_date, holdout_days,
-                                  account.model.time_unit)
+    table = _get_arrow(store, run, "calibration", memory)
+    if memory is not None:
+        del memory["calibration"]  # the split's alone: freed once it is built, not after the backtest
+    return backtest.holdout_split(table, split_date, holdout_days, account.model.time_unit)
 
 
 def _previous_model(store: Store, account_id: str, previous: dict | None) -> dict | None:
@@ -471,8 +473,6 @@ def fit(project: Project, run: dict, memory: dict | None = None) -> dict:
                      backtest_record["model"]["purchases_mae"], backtest_record["naive"]["purchases_mae"],
                      backtest_record["model"]["purchases_error_pct"] or 0.0)
         del split
-        if memory is not None:
-            memory.pop("calibration", None)  # the backtest's alone
 
         concrete = settings.model_copy(update={"transaction_model": name})
         models, fit_error, seconds["fit"], fit_checks = (
