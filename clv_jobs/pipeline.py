@@ -38,7 +38,7 @@ from clv_jobs.features import FEATURE_COLUMNS, TIME_UNIT_DAYS, feature_table, fe
 from clv_jobs.model import FittedModels, fit_models, models_from_parameters, score_customers
 from clv_jobs.patterns import UNIQUE_CUSTOMERS, DistinctRows
 from clv_jobs.settings import AccountSettings, ModelSettings, Project
-from clv_jobs.sources import connect, load_account, prepare_contacts
+from clv_jobs.sources import check_unchanged, connect, load_account, prepare_contacts
 from clv_jobs.store import Store
 from clv_jobs.validation import ValidationReport, quarantined_rows, require_rows, validate_transactions
 
@@ -81,6 +81,7 @@ def load_validated(
             con, account.account_id, str(loaded["source"]), cutoff_utc(as_of, account.timezone),
             account.quarantine_limit, read_at,
         )
+        check_unchanged(loaded, account.account_id)
     eligibility = evaluate(history_stats(con, account.timezone), as_of, account.eligibility)
     return AccountData(con, report, eligibility)
 

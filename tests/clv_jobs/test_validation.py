@@ -434,3 +434,27 @@ def test_parquet_rows_keep_their_file_row_number_and_typed_timestamps_need_no_pa
     clean = _clean(con)
     assert clean.loc[clean["order_id"] == "dup", "amount"].tolist() == [1.0]  # the first copy (row 7)
     assert clean["order_ts"].min() == pd.Timestamp("2025-05-01 10:00:00")
+    # One file is read through a view, several are copied into a table: the quarantine keeps the
+    # row as read either way, and neither is left behind.
+    quarantined = quarantined_rows(con)
+    assert quarantined[["source_row", "order_id", "amount", "reason"]].values.tolist() == [
+        [9, "neg", "-5.0", "invalid_amount"]]
+    left = con.execute("SELECT (SELECT count(*) FROM duckdb_views() WHERE view_name = 'raw_transactions') "
+                       "+ (SELECT count(*) FROM duckdb_tables() WHERE table_name = 'raw_transactions')").fetchall()
+    assert left == [(0,)]
+
+
+def test_a_parquet_file_changed_while_being_read_fails_the_run(tmp_path):
+    """Validation reads one Parquet file twice (through a view): a new version of it in between is an error."""
+    from clv_jobs.sources import check_unchanged
+
+    path = tmp_path / "orders.parquet"
+    pd.DataFrame(_good(6)).to_parquet(path, index=False)
+    con = connect()
+    loaded = load_account(con, FilesSource(type="files", transactions=str(path)), "acc")
+    _validate(con)
+    check_unchanged(loaded, "acc")  # the same file: no error
+
+    pd.DataFrame(_good(7)).to_parquet(path, index=False)  # a longer file under the same name
+    with pytest.raises(InputError, match=r"account acc: file .*orders\.parquet changed while it was being read"):
+        check_unchanged(loaded, "acc")
