@@ -225,16 +225,21 @@ def customer_ranges(con: duckdb.DuckDBPyConnection, orders: int) -> list[tuple[s
     The per-customer pass holds a hash table of every customer it sees: in parts, a part at
     a time (five million buyers: 1.3 GiB more at the peak than the orders, not 2.7 GiB, and
     no slower); parts of consecutive ids, each sorted, are together sorted. The bounds come
-    from a fixed sample of the ids: the rows out do not depend on them.
+    from a sample of the ids: the rows out do not depend on them.
     """
     count = -(-orders // ORDERS_PER_PART)
     if count < 2:
         return [(None, None)]
     quantiles = [index / count for index in range(1, count)]
+    # About 200,000 ids, in whole vectors of rows: a hundredth of the time of a sample of
+    # single rows (0.3 s at twelve million orders).
+    share = min(100.0, 100.0 * 200_000 / orders)
     bounds = con.execute(
-        "SELECT quantile_disc(customer_id, $quantiles) FROM "
-        "(SELECT customer_id FROM transactions USING SAMPLE reservoir(100000 ROWS) REPEATABLE (1))",
+        f"SELECT quantile_disc(customer_id, $quantiles) FROM "
+        f"(SELECT customer_id FROM transactions USING SAMPLE {share:.6f} PERCENT (system))",
         {"quantiles": quantiles}).fetchall()[0][0]
+    if not bounds or None in bounds:  # nothing sampled: one part
+        return [(None, None)]
     bounds = sorted(set(bounds))
     return list(zip([None, *bounds], [*bounds, None], strict=True))
 
