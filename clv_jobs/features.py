@@ -1,4 +1,4 @@
-"""Per-customer features in one columnar pass over the clean orders.
+"""Per-customer features in one columnar pass over the clean orders (customer range by range).
 
 Two families of columns, both over the account's history window:
 
@@ -75,7 +75,7 @@ SPLIT_COLUMNS = ["cal_days", "cal_mon_value", "cal_frequency", "cal_recency", "c
 
 def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY, first: bool = False,
                  last: bool = False) -> str:
-    """One pass over the orders: per purchase day, then per customer, every window at once.
+    """One pass over the orders (of a range of customers): per purchase day, then per customer, every window at once.
 
     Purchase days are local days and every window starts and ends at a local midnight, so
     a day lies wholly inside or outside each window and the per-customer step selects
