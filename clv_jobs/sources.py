@@ -170,6 +170,7 @@ def load_account(
     """
     if isinstance(source, PostgresSource):
         return _load_postgres(con, source, account_id, resolve_connection)
+    state = None  # of a file read through a view
     if isinstance(source, DuckDBSource):
         if not Path(source.path).exists():
             raise InputError(
@@ -198,7 +199,8 @@ def load_account(
         # copying it into a table took a quarter of validation's time at five million
         # buyers, and its memory. check_unchanged tells whether it changed meanwhile.
         view = "file_row_number = true" in reader
-        state = _file_state(source.transactions) if view else None
+        if view:
+            state = _file_state(source.transactions)
         n_tx = _load(con, "raw_transactions", reader, source.transactions,
                      account_id, TRANSACTION_COLUMNS, OPTIONAL_TRANSACTION_COLUMNS, view=view)
         if source.contacts:
@@ -212,9 +214,8 @@ def load_account(
             )
             n_contacts = 0
         name = source.transactions
-        if state:
-            return {"source": name, "transactions": n_tx, "contacts": n_contacts, "file_state": state}
-    return {"source": name, "transactions": n_tx, "contacts": n_contacts}
+    loaded = {"source": name, "transactions": n_tx, "contacts": n_contacts}
+    return loaded | ({"file_state": state} if state else {})
 
 
 def _file_state(path: str) -> tuple[str, int, int]:
