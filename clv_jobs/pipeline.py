@@ -335,7 +335,7 @@ def features(project: Project, run: dict, memory: dict | None = None) -> dict:
                 # Copied into a table of DuckDB's own: the pass reads the orders once per part
                 # of the customers, and each read of an Arrow table converts its text again
                 # (0.6 s more at five million buyers; the copy took 0.3 s).
-                con.register("clean_orders", _get_arrow(store, run, "transactions", memory))
+                con.register("clean_orders", _get_arrow(store, run, "transactions", None))
                 con.execute("CREATE TEMP TABLE transactions AS SELECT * FROM clean_orders")
                 con.unregister("clean_orders")
             table = feature_table(con, as_of, account.timezone, account.history_window_months,
