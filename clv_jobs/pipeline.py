@@ -34,7 +34,7 @@ from clv_jobs.asof import cutoff_utc
 from clv_jobs.datamodel import write_datamodel
 from clv_jobs.eligibility import EligibilityResult, evaluate, history_stats
 from clv_jobs.errors import InputError, ModelError, NotEligibleError
-from clv_jobs.features import FEATURE_COLUMNS, TIME_UNIT_DAYS, feature_table, features_frame, rfm_frame
+from clv_jobs.features import TIME_UNIT_DAYS, feature_table, features_frame, rfm_frame
 from clv_jobs.model import FittedModels, fit_models, models_from_parameters, score_customers
 from clv_jobs.patterns import UNIQUE_CUSTOMERS, DistinctRows
 from clv_jobs.settings import AccountSettings, ModelSettings, Project
@@ -321,8 +321,8 @@ def features(project: Project, run: dict, memory: dict | None = None) -> dict:
     """Stage 2: per-customer features of the history window and the backtest's split, in one pass.
 
     ``work/features.parquet``: :func:`clv_jobs.features.build_features`;
-    ``work/calibration.parquet``: the calibration inputs and holdout actuals
-    (:func:`clv_jobs.backtest.holdout_split`).
+    ``work/calibration.parquet``: the backtest's calibration buyers (a sample of them on a
+    large account) with their inputs and holdout actuals (:func:`clv_jobs.backtest.calibration_rows`).
     """
     account = project.account(run["account"])
     store = Store(project.store_uri)
@@ -347,7 +347,9 @@ def features(project: Project, run: dict, memory: dict | None = None) -> dict:
         raise InputError(f"account {account.account_id}: no buyer in the {account.history_window_months}"
                          f"-month history window before {run['as_of']}")
     _put(store, run, "features", frame, memory)
-    _put(store, run, "calibration", table.drop_columns(FEATURE_COLUMNS[1:] + ["days_in_window"]), memory)
+    # The backtest's buyers only (a sample on a large account): every calibration buyer's
+    # columns, held until the fit stage, were its peak (0.4 GB at five million buyers).
+    _put(store, run, "calibration", backtest.calibration_rows(table, account.model.backtest_max_buyers), memory)
     return run | {"buyers": int(len(frame))}
 
 
@@ -359,7 +361,7 @@ def _rfm(features: pd.DataFrame) -> pd.DataFrame:
 
 
 def _holdout_split(store: Store, run: dict, account: AccountSettings, memory: dict | None) -> backtest.HoldoutSplit:
-    """The backtest's split of the run's history (``work/calibration.parquet``)."""
+    """The backtest's split of the run's history (``work/calibration.parquet``, :func:`backtest.calibration_rows`)."""
     holdout_days = account.model.holdout_days
     split_date = dt.date.fromisoformat(run["as_of"]) - dt.timedelta(days=holdout_days)
     table = _get_arrow(store, run, "calibration", memory)
