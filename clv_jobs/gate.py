@@ -116,20 +116,24 @@ def _free_values(parameters: dict[str, float], free_names: list[str]) -> dict[st
 
 
 def _gradient_and_hessian(target, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Gradient and (central-difference) Hessian of ``target``'s log-posterior at ``x``."""
+    """Gradient and (forward-difference) Hessian of ``target``'s log-posterior at ``x``.
+
+    Forward differences of the analytic gradient: one evaluation per variable, not two
+    (each is a pass over every pattern, 0.1 s at five million buyers); their error, of the
+    order of the step (1e-5), is far below what the Newton-step check can notice.
+    """
     g = target.logp_and_gradient(x)[1]
     hessian = np.empty((x.size, x.size))
     for i in range(x.size):
         step = 1e-5 * max(1.0, abs(x[i]))
-        up, down = x.copy(), x.copy()
+        up = x.copy()
         up[i] += step
-        down[i] -= step
-        hessian[:, i] = (target.logp_and_gradient(up)[1] - target.logp_and_gradient(down)[1]) / (2 * step)
+        hessian[:, i] = (target.logp_and_gradient(up)[1] - g) / step
     return g, (hessian + hessian.T) / 2
 
 
 def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, priors: str,
-                    fitted_patterns: pd.DataFrame | None = None) -> dict:
+                    fitted_patterns: pd.DataFrame | None = None, objective=None) -> dict:
     """Whether published MAP parameters are at the optimum of pymc-marketing's objective.
 
     Parameters
@@ -143,6 +147,9 @@ def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, 
     fitted_patterns : pandas.DataFrame, optional
         The weighted patterns of ``rfm`` the fit used (:attr:`FittedModels.patterns`), so
         that they are not computed again.
+    objective : clv_jobs.formulas.NumpyObjective, optional
+        The objective the fit maximised, its data set (:attr:`FittedModels.objectives`):
+        taken as it is when it is ``name``'s with ``priors``.
 
     Returns
     -------
@@ -154,8 +161,11 @@ def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, 
     """
     from clv_jobs import patterns
 
-    target = patterns.objective(name, priors)  # the objective the fit maximised, on its data
-    target.set_data(patterns.patterns_of(name, rfm) if fitted_patterns is None else fitted_patterns)
+    if objective is not None and (objective.kind, objective.priors) == (name, priors):
+        target = objective
+    else:
+        target = patterns.objective(name, priors)  # the objective the fit maximised, on its data
+        target.set_data(patterns.patterns_of(name, rfm) if fitted_patterns is None else fitted_patterns)
     free_names = target.free_names
     values = _free_values(parameters, free_names)
     support = target.bounds
@@ -263,7 +273,8 @@ def check_fit(
         convergence = {}
         for model, values in models.parameters.items():
             try:
-                result = map_convergence(model, values, rfm, settings.priors, models.patterns.get(model))
+                result = map_convergence(model, values, rfm, settings.priors, models.patterns.get(model),
+                                         models.objectives.get(model))
             except Exception as exc:  # a check that cannot run is reported, not fatal
                 convergence[model] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
                 continue

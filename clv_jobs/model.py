@@ -73,6 +73,9 @@ class FittedModels:
     #: The weighted patterns each model was fitted on (:mod:`clv_jobs.patterns`), for the
     #: quality gate's convergence check; not stored.
     patterns: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    #: The objective each MAP fit maximised, with its data (:attr:`clv_jobs.patterns.MapFit.objective`),
+    #: for the quality gate's convergence check; not stored.
+    objectives: dict[str, object] = dataclasses.field(default_factory=dict, repr=False, compare=False)
     #: The frame a MAP fit was fitted on, and each of its rows' index into
     #: ``patterns[transaction_model]``: predictions for those very rows (the backtest's,
     #: the quality gate's) need not find the patterns again (half a second at 5M buyers).
@@ -196,6 +199,7 @@ def fit_models(rfm: pd.DataFrame, settings: ModelSettings) -> FittedModels:
         "spend_fit_seconds": round(spend_seconds, 3),
     }
     return FittedModels(name, parameters, diagnostics, patterns=fitted_patterns,
+                        objectives={name: transaction_fit.objective, "gamma_gamma": spend_fit.objective},
                         fitted_rfm=rfm, rows_pattern=transaction_rows[1])
 
 

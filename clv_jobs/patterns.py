@@ -363,6 +363,9 @@ class MapFit:
     parameters: dict[str, float]
     log_likelihood: float
     evaluations: int
+    #: The objective maximised, holding the fit's data (the quality gate's convergence
+    #: check evaluates it again at the optimum without setting the data up anew).
+    objective: object = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def find_map(kind: str, patterns: pd.DataFrame, priors: str = "default") -> MapFit:
@@ -405,7 +408,7 @@ def find_map(kind: str, patterns: pd.DataFrame, priors: str = "default") -> MapF
         x = optimize.minimize(cost, target.initial, method="L-BFGS-B", jac=True)["x"]
     except StopIteration:
         x = state["last_finite"]
-    return MapFit(target.parameters(x), target.log_likelihood(x), state["evaluations"])
+    return MapFit(target.parameters(x), target.log_likelihood(x), state["evaluations"], target)
 
 
 def log_likelihood(kind: str, patterns: pd.DataFrame, values: dict[str, float]) -> float:

@@ -34,7 +34,7 @@ from clv_jobs.asof import cutoff_utc
 from clv_jobs.datamodel import write_datamodel
 from clv_jobs.eligibility import EligibilityResult, evaluate, history_stats
 from clv_jobs.errors import InputError, ModelError, NotEligibleError
-from clv_jobs.features import TIME_UNIT_DAYS, feature_table, features_frame, rfm_frame
+from clv_jobs.features import FEATURE_COLUMNS, TIME_UNIT_DAYS, feature_table, features_frame, rfm_frame
 from clv_jobs.model import FittedModels, fit_models, models_from_parameters, score_customers
 from clv_jobs.patterns import UNIQUE_CUSTOMERS, DistinctRows
 from clv_jobs.settings import AccountSettings, ModelSettings, Project
@@ -342,14 +342,18 @@ def features(project: Project, run: dict, memory: dict | None = None) -> dict:
                                   account.model.time_unit, as_of - dt.timedelta(days=account.model.holdout_days))
     finally:
         con.close()
+    # The backtest's buyers only (a sample on a large account): every calibration buyer's
+    # columns, held until the fit stage, were its peak (0.4 GB at five million buyers).
+    calibration = backtest.calibration_rows(table, account.model.backtest_max_buyers)
+    # The pass's other columns are freed before the features are put in one piece.
+    table = table.select([*FEATURE_COLUMNS, "days_in_window"])
     frame = features_frame(table)
+    del table
     if frame.empty:
         raise InputError(f"account {account.account_id}: no buyer in the {account.history_window_months}"
                          f"-month history window before {run['as_of']}")
     _put(store, run, "features", frame, memory)
-    # The backtest's buyers only (a sample on a large account): every calibration buyer's
-    # columns, held until the fit stage, were its peak (0.4 GB at five million buyers).
-    _put(store, run, "calibration", backtest.calibration_rows(table, account.model.backtest_max_buyers), memory)
+    _put(store, run, "calibration", calibration, memory)
     return run | {"buyers": int(len(frame))}
 
 

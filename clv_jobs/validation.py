@@ -82,6 +82,11 @@ _READ_AT = "coalesce(TRY_CAST(TRY_CAST(ingested_at AS TIMESTAMPTZ) AS TIMESTAMP)
 _AMOUNT = "TRY_CAST(amount AS DOUBLE)"
 
 
+#: The order ids' hash the duplicate search groups first (64-bit: two ids rarely share one,
+#: and when they do the second group-by, of the ids themselves, tells them apart).
+ORDER_ID_HASH = "hash(order_id)"
+
+
 def _timestamp_sql(con: duckdb.DuckDBPyConnection) -> str:
     """``order_ts`` as naive UTC: text or a zoned timestamp is parsed, a naive one is taken as is.
 
@@ -195,15 +200,15 @@ def validate_transactions(
     # a group-by of the candidates' own rows the repeated ids, exactly (two ids may share
     # a hash), and the row each keeps.
     con.execute(
-        """
+        f"""
         CREATE OR REPLACE TEMP TABLE repeated_orders AS
         WITH candidates AS (
-            SELECT hash(order_id) AS id_hash FROM classified WHERE outcome = 'clean'
+            SELECT {ORDER_ID_HASH} AS id_hash FROM classified WHERE outcome = 'clean'
             GROUP BY id_hash HAVING count(*) > 1
         )
         SELECT order_id, min(source_row) AS kept_row
         FROM classified
-        WHERE outcome = 'clean' AND hash(order_id) IN (SELECT id_hash FROM candidates)
+        WHERE outcome = 'clean' AND {ORDER_ID_HASH} IN (SELECT id_hash FROM candidates)
         GROUP BY order_id HAVING count(*) > 1
         """
     )

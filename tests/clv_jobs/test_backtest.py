@@ -328,3 +328,53 @@ def test_roc_auc_is_scikit_learns_with_ties(seed):
     score[:50] = -0.0
     positive = rng.random(score.size) < score
     assert roc_auc(positive, score) == pytest.approx(roc_auc_score(positive, score), rel=1e-12)
+
+
+def _simulated_table(account: SampleAccount):
+    """The feature pass with the backtest's columns on a simulated account, and its full split."""
+    from clv_jobs.features import feature_table
+
+    sample = simulate_account(account, SIM_AS_OF)
+    orders = sample.transactions
+    con = _session(list(orders[["customer_id", "order_ts", "amount"]].itertuples(index=False, name=None)))
+    try:
+        con.execute("DELETE FROM transactions WHERE order_ts >= TIMESTAMP '2025-06-01'")
+        return feature_table(con, SIM_AS_OF, "UTC", 24, "D", SIM_AS_OF - dt.timedelta(days=90))
+    finally:
+        con.close()
+
+
+def test_a_large_account_is_backtested_on_a_seeded_sample_of_its_calibration_buyers():
+    """Above ``max_buyers`` the split is a uniform sample: the same rows as the full split,
+    in customer-id order, the same sample on every run, and the record says of how many."""
+    table = _simulated_table(SampleAccount("sampled", n_buyers=6_000, history_days=700, seed=5, bad_rows=False))
+    split_date = SIM_AS_OF - dt.timedelta(days=90)
+    full = backtest.holdout_split(backtest.calibration_rows(table), split_date, 90, "D")
+    assert full.calibration_buyers is None and len(full.calibration) > 4_000
+    assert backtest.holdout_split(backtest.calibration_rows(table, len(full.calibration)), split_date, 90,
+                                  "D").calibration_buyers is None  # not more than the cap: every buyer
+
+    sampled = backtest.holdout_split(backtest.calibration_rows(table, 2_000), split_date, 90, "D")
+    again = backtest.holdout_split(backtest.calibration_rows(table, 2_000), split_date, 90, "D")
+    assert len(sampled.calibration) == 2_000 and sampled.calibration_buyers == len(full.calibration)
+    pd.testing.assert_frame_equal(sampled.calibration, again.calibration)
+    ids = sampled.calibration["customer_id"]
+    assert ids.is_unique and ids.is_monotonic_increasing
+    # Each sampled buyer's row is its row of the full split, holdout actuals included.
+    position = full.calibration.reset_index(drop=True).reset_index().set_index("customer_id")["index"]
+    rows = position.loc[ids].to_numpy()
+    pd.testing.assert_frame_equal(sampled.calibration.reset_index(drop=True),
+                                  full.calibration.iloc[rows].reset_index(drop=True))
+    np.testing.assert_array_equal(sampled.holdout_purchases, full.holdout_purchases[rows])
+    np.testing.assert_array_equal(sampled.holdout_spend, full.holdout_spend[rows])
+    # Spread over the whole id range, not its first rows.
+    assert rows.min() < 0.05 * len(full.calibration) and rows.max() > 0.95 * len(full.calibration)
+
+    # The sample's metrics estimate the full split's; the record names both counts.
+    settings = ModelSettings(transaction_model="bg_nbd")
+    _, record, _ = backtest.run_backtest(sampled, settings)
+    _, full_record, _ = backtest.run_backtest(full, settings)
+    assert record["customers"] == 2_000 and record["calibration_buyers"] == len(full.calibration)
+    assert full_record["customers"] == full_record["calibration_buyers"] == len(full.calibration)
+    assert record["model"]["purchases_mae"] == pytest.approx(full_record["model"]["purchases_mae"], rel=0.15)
+    assert record["model"]["p_alive_auc"] == pytest.approx(full_record["model"]["p_alive_auc"], abs=0.05)

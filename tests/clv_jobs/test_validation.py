@@ -285,6 +285,30 @@ def test_duplicate_order_id_counts_once_keeping_the_first_row(tmp_path):
     assert _accounted_for(report)
 
 
+def test_order_ids_sharing_a_hash_are_told_apart(tmp_path, monkeypatch):
+    """The duplicate search groups the ids' hashes first: with a hash that most ids share
+    (their length), the clean orders are exactly those of the real hash."""
+    import clv_jobs.validation as validation
+
+    rows = [_row("o1", amount=10.0), _row("o2", customer_id="c2"), _row("o1", amount=99.0),
+            _row("o3", customer_id="c3"), _row("o10", customer_id="c4"), _row("o10", customer_id="c5"),
+            _row("o4", customer_id="c6", amount=-1.0), _row("o4", customer_id="c7")] + _good(30)
+    results = []
+    for order_id_hash in (validation.ORDER_ID_HASH, "length(order_id)"):
+        monkeypatch.setattr(validation, "ORDER_ID_HASH", order_id_hash)
+        con, _ = _load(tmp_path, rows)
+        report = _validate(con)
+        results.append((report.as_dict(), con.execute("SELECT * FROM transactions").df()))
+        con.close()
+    (report, clean), (weak_report, weak_clean) = results
+    assert report == weak_report and report["duplicates"] == 2
+    pd.testing.assert_frame_equal(clean, weak_clean)
+    # The first copy of each repeated id is kept, in source order; o4's clean copy is its only one.
+    assert clean["order_id"].tolist()[:5] == ["o1", "o2", "o3", "o10", "o4"]
+    assert clean["customer_id"].tolist()[:5] == ["c1", "c2", "c3", "c4", "c7"]
+    assert clean["amount"].tolist()[0] == 10.0
+
+
 def test_every_row_is_accounted_for(tmp_path):
     rows = (
         [
