@@ -344,7 +344,7 @@ def _simulated_table(account: SampleAccount):
         con.close()
 
 
-def test_a_large_account_is_backtested_on_a_seeded_sample_of_its_calibration_buyers():
+def test_a_large_account_is_backtested_on_a_seeded_sample_of_its_calibration_buyers(tmp_path):
     """Above ``max_buyers`` the split is a uniform sample: the same rows as the full split,
     in customer-id order, the same sample on every run, and the record says of how many."""
     table = _simulated_table(SampleAccount("sampled", n_buyers=6_000, history_days=700, seed=5, bad_rows=False))
@@ -369,6 +369,15 @@ def test_a_large_account_is_backtested_on_a_seeded_sample_of_its_calibration_buy
     np.testing.assert_array_equal(sampled.holdout_spend, full.holdout_spend[rows])
     # Spread over the whole id range, not its first rows.
     assert rows.min() < 0.05 * len(full.calibration) and rows.max() > 0.95 * len(full.calibration)
+
+    # Through a stage's hand-over file (Airflow runs the stages as tasks): the count survives.
+    from clv_jobs.store import Store
+
+    store = Store(str(tmp_path / "store"))
+    store.write_parquet("run/work/calibration.parquet", backtest.calibration_rows(table, 2_000))
+    handed_over = backtest.holdout_split(store.read_arrow("run/work/calibration.parquet"), split_date, 90, "D")
+    assert handed_over.calibration_buyers == len(full.calibration)
+    pd.testing.assert_frame_equal(handed_over.calibration, sampled.calibration)
 
     # The sample's metrics estimate the full split's; the record names both counts.
     settings = ModelSettings(transaction_model="bg_nbd")
