@@ -183,25 +183,23 @@ def score_account(
         predictions = score_customers(
             models, rfm, account.model.horizon_months, account.model.discount_rate, unit, rows,
         )
-    # A shallow copy: the new columns are its own, the features' columns stay shared
-    # (copy-on-write); a deep copy took two seconds at five million buyers.
-    table = features.copy(deep=False)
     # A Bayesian fit's scores add the intervals (clv_p10 ... p_alive_p90).
-    for column in predictions.columns.drop("customer_id"):
-        table[column] = predictions[column].to_numpy()
-    table["segment_id"] = segments.assign_segments(
-        table["freq_value"], table["rec_value"], table["days_btw_purchase"], table["tenure_days"],
-        table["clv"], table["p_alive"], account.segments,
+    scores = {column: predictions[column].to_numpy() for column in predictions.columns.drop("customer_id")}
+    scores["segment_id"] = segments.assign_segments(
+        features["freq_value"], features["rec_value"], features["days_btw_purchase"], features["tenure_days"],
+        scores["clv"], scores["p_alive"], account.segments,
     )
-    table["score_id"] = segments.assign_scores(table["clv"])
-    table["control_group"] = control_group.result()
+    scores["score_id"] = segments.assign_scores(scores["clv"])
+    scores["control_group"] = control_group.result()
     previous = (
-        table["customer_id"].map(previous_segments).to_numpy(dtype=float)
-        if previous_segments is not None else np.full(len(table), np.nan)
+        features["customer_id"].map(previous_segments).to_numpy(dtype=float)
+        if previous_segments is not None else np.full(len(features), np.nan)
     )
-    table["evolution"] = segments.evolution(table["segment_id"], previous)
-    table["model"] = pd.Categorical.from_codes(np.zeros(len(table), dtype=np.int8), [models.transaction_model])
-    return table
+    scores["evolution"] = segments.evolution(scores["segment_id"], previous)
+    scores["model"] = pd.Categorical.from_codes(np.zeros(len(features), dtype=np.int8), [models.transaction_model])
+    # The features' columns and the new ones side by side, none copied: a column set on a
+    # frame is copied (copy-on-write), 0.1 s apiece in fresh memory at five million buyers.
+    return pd.concat([features, pd.DataFrame(scores, index=features.index, copy=False)], axis=1)
 
 
 def _previous_segments(store: Store, account_id: str, previous: dict | None) -> pd.Series | None:
