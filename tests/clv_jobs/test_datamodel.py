@@ -339,6 +339,21 @@ def test_gzip_deterministic_and_decompresses_to_the_csv(con, tmp_path):
     assert first[4:8] == b"\x00\x00\x00\x00"
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_file_written_in_slices_is_the_file_of_one_slice(con, tmp_path, monkeypatch, compress):
+    """Written slice by slice (two rows each), the file has one header and the bytes, digest
+    and row count of the file written at once."""
+    name = "dm.csv.gz" if compress else "dm.csv"
+    whole, whole_result = write(con, tmp_path / "whole", name, compress=compress)
+    monkeypatch.setattr(datamodel_module, "SLICE_ROWS", 2)
+    sliced, sliced_result = write(con, tmp_path / "sliced", name, compress=compress)
+    assert sliced == whole and sliced_result == whole_result
+    assert sliced_result == {"rows": 5, "bytes": len(sliced), "sha256": hashlib.sha256(sliced).hexdigest()}
+    text = gzip.decompress(sliced) if compress else sliced
+    assert text.count(b"CustomerId,") == 1 and len(parse(text)) == 5
+    assert sorted(p.name for p in (tmp_path / "sliced").iterdir()) == [name]
+
+
 # -- staging -------------------------------------------------------------------------------------
 def test_no_partial_file_left_and_target_replaced(con, tmp_path):
     target = tmp_path / "out" / "dm.csv"
