@@ -160,25 +160,43 @@ _CALIBRATION_COLUMNS = {"customer_id": "customer_id", "cal_frequency": "frequenc
 _BUYERS_KEY = b"calibration_buyers"
 
 
-def calibration_rows(table: pa.Table, max_buyers: int | None = None) -> pa.Table:
-    """The backtest's rows of a :func:`clv_jobs.features.feature_table` computed with a split date.
+def backtest_buyers(table: pa.Table, max_buyers: int | None = None) -> tuple[np.ndarray | None, int]:
+    """Which rows of a :func:`clv_jobs.features.feature_table` with a split date the backtest takes.
 
-    The calibration buyers (a purchase day in the calibration window, ``cal_days > 0``) in
-    customer-id order, as :func:`clv_jobs.features.build_features` as of the split date
-    would list them, with their calibration inputs and holdout actuals. With more than
-    ``max_buyers`` of them, a seeded uniform sample of ``max_buyers``, still in
-    customer-id order: the same table gives the same sample, so a rerun gives the same
-    backtest. The schema's metadata keeps how many calibration buyers there were.
+    The calibration buyers (a purchase day in the calibration window, ``cal_days > 0``) or,
+    with more than ``max_buyers`` of them, a seeded uniform sample of ``max_buyers``: the
+    same table gives the same sample, so a rerun gives the same backtest.
+
+    Returns
+    -------
+    (numpy.ndarray or None, int)
+        The sample's row positions, in order (None: every calibration buyer), and how many
+        calibration buyers there are.
     """
-    columns = [*_CALIBRATION_COLUMNS, "holdout_purchases", "holdout_spend"]
     buyers = int(pc.sum(pc.greater(table["cal_days"], 0)).as_py() or 0)
     if max_buyers is None or buyers <= max_buyers:
+        return None, buyers
+    positions = np.flatnonzero(table["cal_days"].to_numpy() > 0)
+    chosen = np.random.default_rng(SAMPLE_SEED).choice(positions.size, size=max_buyers, replace=False)
+    return positions[np.sort(chosen)], buyers
+
+
+def calibration_rows(table: pa.Table, max_buyers: int | None = None, buyers: int | None = None) -> pa.Table:
+    """The backtest's rows of a :func:`clv_jobs.features.feature_table` computed with a split date.
+
+    The buyers of :func:`backtest_buyers` in customer-id order, as
+    :func:`clv_jobs.features.build_features` as of the split date would list them, with
+    their calibration inputs and holdout actuals. The schema's metadata keeps how many
+    calibration buyers there were: ``buyers`` when the table holds the backtest's buyers
+    only (a pass over them alone), else its own count.
+    """
+    columns = [*_CALIBRATION_COLUMNS, "holdout_purchases", "holdout_spend"]
+    positions, counted = backtest_buyers(table, max_buyers)
+    if positions is None:
         rows = buyer_rows(table, columns, "cal_days")
     else:
-        positions = np.flatnonzero(table["cal_days"].to_numpy() > 0)
-        chosen = np.random.default_rng(SAMPLE_SEED).choice(positions.size, size=max_buyers, replace=False)
-        rows = table.select(columns).take(positions[np.sort(chosen)]).combine_chunks()
-    return rows.replace_schema_metadata({_BUYERS_KEY: str(buyers).encode()})
+        rows = table.select(columns).take(positions).combine_chunks()
+    return rows.replace_schema_metadata({_BUYERS_KEY: str(counted if buyers is None else buyers).encode()})
 
 
 def holdout_split(rows: pa.Table, split_date: dt.date, holdout_days: int, time_unit: str) -> HoldoutSplit:

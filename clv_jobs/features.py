@@ -74,7 +74,7 @@ SPLIT_COLUMNS = ["cal_days", "cal_mon_value", "cal_frequency", "cal_recency", "c
 
 
 def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY, first: bool = False,
-                 last: bool = False) -> str:
+                 last: bool = False, calibration_days_only: bool = False) -> str:
     """One pass over the orders (of a range of customers): per purchase day, then per customer, every window at once.
 
     Purchase days are local days and every window starts and ends at a local midnight, so
@@ -94,6 +94,9 @@ def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY, fi
 
     ``first``, ``last``: the pass covers the customer ids from ``$first_id`` on, before
     ``$last_id`` (a part of :func:`feature_table`).
+
+    ``calibration_days_only``: of the backtest's columns, ``cal_days`` alone (which buyers
+    the backtest may take).
     """
     customers = (" AND customer_id >= $first_id" if first else "") + (" AND customer_id < $last_id" if last else "")
     in_window = "day >= $window_day" if split and not whole_window else None
@@ -103,7 +106,10 @@ def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY, fi
         f"CAST(coalesce(sum(orders) FILTER (WHERE day >= $lst{d}_day), 0) AS BIGINT) AS lst{d}_freq" for d in WINDOWS)
     where = f" FILTER (WHERE {in_window})" if in_window else ""
     derived_calibration = ""
-    if split and whole_window:
+    if split and calibration_days_only:
+        split_aggregates = """,
+                   count(*) FILTER (WHERE day < $split_day) AS cal_days"""
+    elif split and whole_window:
         split_aggregates = """,
                    max(day) FILTER (WHERE day < $split_day) AS cal_last_day,
                    count(*) FILTER (WHERE day >= $split_day) AS holdout_purchases,
@@ -128,7 +134,10 @@ def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY, fi
     split_select = f""",
                c.cal_days, CAST(coalesce(c.cal_amount, 0) AS DOUBLE) AS cal_mon_value,
                {_model_inputs("cal_", "$cal_period_end", "cal_")},
-               c.holdout_purchases, c.holdout_spend""" if split else ""
+               c.holdout_purchases, c.holdout_spend""" if split and not calibration_days_only else ""
+    if split and calibration_days_only:
+        split_select = """,
+               c.cal_days"""
     return f"""
         WITH per_day AS (
             SELECT customer_id, {local_day_sql("order_ts")} AS day,
@@ -176,12 +185,14 @@ def feature_table(
     history_window_months: int,
     time_unit: str = "D",
     split_date: dt.date | None = None,
+    calibration_days_only: bool = False,
 ) -> pa.Table:
     """The per-customer pass of :func:`build_features`, with the backtest's columns if ``split_date``.
 
     One row per customer with a purchase day in the history window (``days_in_window >
     0``) or, with ``split_date``, in the calibration window (``cal_days > 0``), sorted by
     customer id. See :func:`build_features` and :func:`clv_jobs.backtest.split_history`.
+    ``calibration_days_only``: of the backtest's columns, ``cal_days`` alone.
     """
     window_start = range_start = window_start_utc(as_of, history_window_months, timezone)
     params = {
@@ -208,7 +219,8 @@ def feature_table(
     money = MONEY if largest is None or largest < MONEY_LIMIT else WIDE_MONEY
     parts = []
     for first_id, last_id in customer_ranges(con, orders_read):
-        sql = _feature_sql(split_date is not None, whole_window, money, first_id is not None, last_id is not None)
+        sql = _feature_sql(split_date is not None, whole_window, money, first_id is not None, last_id is not None,
+                           calibration_days_only)
         bound = params | {"first_id": first_id, "last_id": last_id}
         parts.append(con.sql(sql, params={name: value for name, value in bound.items() if f"${name}" in sql})
                      .to_arrow_table())

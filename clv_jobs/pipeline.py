@@ -20,13 +20,14 @@ import os
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 import clv_jobs
 from clv_jobs import backtest, delivery, gate, segments
@@ -34,7 +35,7 @@ from clv_jobs.asof import cutoff_utc
 from clv_jobs.datamodel import write_datamodel
 from clv_jobs.eligibility import EligibilityResult, evaluate, history_stats
 from clv_jobs.errors import InputError, ModelError, NotEligibleError
-from clv_jobs.features import FEATURE_COLUMNS, TIME_UNIT_DAYS, feature_table, features_frame, rfm_frame
+from clv_jobs.features import TIME_UNIT_DAYS, feature_table, features_frame, rfm_frame
 from clv_jobs.model import FittedModels, fit_models, models_from_parameters, score_customers
 from clv_jobs.patterns import UNIQUE_CUSTOMERS, DistinctRows
 from clv_jobs.settings import AccountSettings, ModelSettings, Project
@@ -327,6 +328,13 @@ def features(project: Project, run: dict, memory: dict | None = None) -> dict:
     as_of = dt.date.fromisoformat(run["as_of"])
     # In one process, validation's session with its clean orders (:func:`validate`).
     con = memory.pop("session") if memory is not None else connect()
+    split_date = as_of - dt.timedelta(days=account.model.holdout_days)
+    max_buyers = account.model.backtest_max_buyers
+    # More clean orders than the backtest takes buyers: the pass carries only which buyers
+    # it may take, and a second pass over the chosen ones' orders alone their calibration
+    # columns (every buyer's, held from the pass to the sample, were 0.3 GB at five million
+    # buyers; a customer's row depends on its own orders only, so it is the same row).
+    sampled = max_buyers is not None and run.get("rows_clean", 0) > max_buyers
     try:
         with _step(account.account_id, "features"):
             if memory is None:
@@ -337,14 +345,27 @@ def features(project: Project, run: dict, memory: dict | None = None) -> dict:
                 con.execute("CREATE TEMP TABLE transactions AS SELECT * FROM clean_orders")
                 con.unregister("clean_orders")
             table = feature_table(con, as_of, account.timezone, account.history_window_months,
-                                  account.model.time_unit, as_of - dt.timedelta(days=account.model.holdout_days))
+                                  account.model.time_unit, split_date, calibration_days_only=sampled)
+            if sampled:
+                positions, buyers = backtest.backtest_buyers(table, max_buyers)
+                chosen = (table.filter(pc.greater(table["cal_days"], 0)) if positions is None
+                          else table.select(["customer_id"]).take(positions))
+                con.register("backtest_customers", chosen.select(["customer_id"]))
+                orders = con.sql("SELECT * FROM transactions SEMI JOIN backtest_customers USING (customer_id)"
+                                 ).to_arrow_table()
+                con.unregister("backtest_customers")
+                with closing(connect()) as backtest_session:
+                    backtest_session.register("backtest_orders", orders)
+                    backtest_session.execute("CREATE TEMP TABLE transactions AS SELECT * FROM backtest_orders")
+                    backtest_session.unregister("backtest_orders")
+                    del orders
+                    calibration = backtest.calibration_rows(
+                        feature_table(backtest_session, as_of, account.timezone, account.history_window_months,
+                                      account.model.time_unit, split_date), buyers=buyers)
+            else:
+                calibration = backtest.calibration_rows(table, max_buyers)
     finally:
         con.close()
-    # The backtest's buyers only (a sample on a large account): every calibration buyer's
-    # columns, held until the fit stage, were its peak (0.4 GB at five million buyers).
-    calibration = backtest.calibration_rows(table, account.model.backtest_max_buyers)
-    # The pass's other columns are freed before the features are put in one piece.
-    table = table.select([*FEATURE_COLUMNS, "days_in_window"])
     frame = features_frame(table)
     del table
     if frame.empty:

@@ -91,7 +91,7 @@ class ModelSettings(_Strict):
     holdout_days: Annotated[int, Field(ge=7, le=730)] = 90
     #: Calibration buyers the backtest fits and scores at most: a larger account is
     #: backtested on a seeded random sample of this many (``null``: every buyer).
-    backtest_max_buyers: Annotated[int, Field(ge=10_000)] | None = 500_000
+    backtest_max_buyers: Annotated[int, Field(ge=10_000)] | None = 250_000
     gate: QualityGateSettings = QualityGateSettings()
     #: ``default``: pymc-marketing's weakly informative priors; ``flat``: maximum likelihood.
     priors: Literal["default", "flat"] = "default"

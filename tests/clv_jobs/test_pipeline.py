@@ -197,3 +197,42 @@ def test_job_killed_while_publishing_leaves_previous_run_current(project, two_ru
     assert store.run_for("shop", AS_OF + dt.timedelta(days=14)) is None
     exported = pipeline.export(project, "shop")
     assert exported["run_id"] == summary["run_id"]
+
+
+def test_a_large_accounts_backtest_buyers_get_their_calibration_columns_from_a_second_pass(tmp_path):
+    """Above ``backtest_max_buyers`` the features stage's pass carries only ``cal_days``, and
+    a second pass over the sampled buyers their calibration columns: the very rows of one
+    pass with every column (same sample, same values), in memory and through ``work/``."""
+    from clv_jobs import backtest
+
+    sample = simulate_account(SampleAccount("big", n_buyers=14_000, history_days=700, seed=21, bad_rows=False),
+                              AS_OF)
+    write_warehouse(tmp_path / "warehouse.duckdb", [sample])
+    config = tmp_path / "config"
+    (config / "accounts").mkdir(parents=True)
+    (config / "clv.yaml").write_text(yaml.safe_dump(
+        {"store": "../store", "source": {"type": "duckdb", "path": "../warehouse.duckdb"}}))
+    _write_account(config, "big", model={"transaction_model": "bg_nbd", "backtest_max_buyers": 10_000})
+    project = load_project(config)
+
+    def calibration(rows_clean=None, in_memory=True):
+        memory = {} if in_memory else None
+        run = pipeline.validate(project, "big", AS_OF, force=True, memory=memory)
+        run = run | ({"rows_clean": rows_clean} if rows_clean is not None else {})
+        run = pipeline.features(project, run, memory=memory)
+        if in_memory:
+            return memory["calibration"]
+        store = Store(project.store_uri)
+        return store.read_arrow(store.run_path("big", AS_OF, run["run_id"], "work/calibration.parquet"))
+
+    two_passes = calibration()
+    one_pass = calibration(rows_clean=0)  # as few clean orders as buyers sampled: one pass with every column
+    buyers = int(two_passes.schema.metadata[b"calibration_buyers"])
+    assert two_passes.num_rows == 10_000 < buyers
+    assert two_passes.equals(one_pass, check_metadata=True)
+    assert calibration(in_memory=False).equals(two_passes, check_metadata=True)
+
+    summary = pipeline.refit(project, "big", AS_OF, force=True)
+    assert summary["backtest"]["customers"] == 10_000 and summary["backtest"]["calibration_buyers"] == buyers
+    split = backtest.holdout_split(two_passes, AS_OF - dt.timedelta(days=90), 90, "D")
+    assert summary["backtest"]["holdout_buyers"] == int((split.holdout_purchases > 0).sum())
