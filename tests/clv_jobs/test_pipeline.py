@@ -199,7 +199,7 @@ def test_job_killed_while_publishing_leaves_previous_run_current(project, two_ru
     assert exported["run_id"] == summary["run_id"]
 
 
-def test_a_large_accounts_backtest_buyers_get_their_calibration_columns_from_a_second_pass(tmp_path):
+def test_a_large_accounts_backtest_buyers_get_their_calibration_columns_from_a_second_pass(tmp_path, monkeypatch):
     """Above ``backtest_max_buyers`` the features stage's pass carries only ``cal_days``, and
     a second pass over the sampled buyers their calibration columns: the very rows of one
     pass with every column (same sample, same values), in memory and through ``work/``."""
@@ -207,6 +207,15 @@ def test_a_large_accounts_backtest_buyers_get_their_calibration_columns_from_a_s
 
     sample = simulate_account(SampleAccount("big", n_buyers=14_000, history_days=700, seed=21, bad_rows=False),
                               AS_OF)
+    monkeypatch.setattr(pipeline, "SECOND_PASS_SAMPLES", 2)  # 10,000 sampled of ~34,000 orders
+    passes = []
+
+    def feature_table(*args, **kwargs):
+        passes.append(kwargs.get("calibration_days_only", False))
+        return real_feature_table(*args, **kwargs)
+
+    real_feature_table = pipeline.feature_table
+    monkeypatch.setattr(pipeline, "feature_table", feature_table)
     write_warehouse(tmp_path / "warehouse.duckdb", [sample])
     config = tmp_path / "config"
     (config / "accounts").mkdir(parents=True)
@@ -226,7 +235,9 @@ def test_a_large_accounts_backtest_buyers_get_their_calibration_columns_from_a_s
         return store.read_arrow(store.run_path("big", AS_OF, run["run_id"], "work/calibration.parquet"))
 
     two_passes = calibration()
+    assert passes == [True, False]  # cal_days alone, then every column of the sampled buyers
     one_pass = calibration(rows_clean=0)  # as few clean orders as buyers sampled: one pass with every column
+    assert passes[2:] == [False]
     buyers = int(two_passes.schema.metadata[b"calibration_buyers"])
     assert two_passes.num_rows == 10_000 < buyers
     assert two_passes.equals(one_pass, check_metadata=True)
