@@ -318,7 +318,7 @@ def validate(
 
 #: Clean orders per backtest buyer (``model.backtest_max_buyers``) from which the features
 #: stage takes the backtest's calibration columns in a second pass (:func:`features`).
-SECOND_PASS_SAMPLES = 10
+SECOND_PASS_SAMPLES = 20
 
 
 def features(project: Project, run: dict, memory: dict | None = None) -> dict:
@@ -340,7 +340,8 @@ def features(project: Project, run: dict, memory: dict | None = None) -> dict:
     # calibration columns (every buyer's, held from the pass to the sample, were 0.3 GB at
     # five million buyers; a customer's row depends on its own orders only, so it is the
     # same row). The second pass costs the same at any size (0.5 s for 250,000 buyers):
-    # below ten times the sample's orders one pass carries every column.
+    # below twenty clean orders per sampled buyer (two million buyers or so, by default)
+    # one pass carries every column.
     sampled = max_buyers is not None and run.get("rows_clean", 0) > SECOND_PASS_SAMPLES * max_buyers
     try:
         with _step(account.account_id, "features"):
