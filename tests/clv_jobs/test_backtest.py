@@ -374,8 +374,9 @@ def test_a_large_account_is_backtested_on_a_seeded_sample_of_its_calibration_buy
     from clv_jobs.store import Store
 
     store = Store(str(tmp_path / "store"))
-    store.write_parquet("run/work/calibration.parquet", backtest.calibration_rows(table, 2_000))
-    handed_over = backtest.holdout_split(store.read_arrow("run/work/calibration.parquet"), split_date, 90, "D")
+    hand_over = str(tmp_path / "store" / "run" / "work" / "calibration.parquet")
+    store.write_parquet(hand_over, backtest.calibration_rows(table, 2_000))
+    handed_over = backtest.holdout_split(store.read_arrow(hand_over), split_date, 90, "D")
     assert handed_over.calibration_buyers == len(full.calibration)
     pd.testing.assert_frame_equal(handed_over.calibration, sampled.calibration)
 
