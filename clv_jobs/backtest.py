@@ -18,9 +18,9 @@ one with the lowest per-customer purchase MAE on the holdout (ties go to Pareto/
 SPEC's default) and records why (:func:`choose_model`).
 
 A large account is backtested on a seeded random sample of its calibration buyers
-(``model.backtest_max_buyers``, :func:`calibration_rows`): the metrics are means and ranks
-over customers, and half a million of them pin each down far below the differences a
-reader or ``auto`` acts on, at a fraction of the time and memory of every buyer.
+(``model.backtest_max_buyers``, :func:`backtest_buyers`): the metrics are means and ranks
+over customers, and a quarter of a million of them pin each down far below the differences
+a reader or ``auto`` acts on, at a fraction of the time and memory of every buyer.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from clv_jobs import formulas
 from clv_jobs.errors import ModelError
@@ -124,7 +123,6 @@ def split_history(
     history_window_months: int,
     holdout_days: int,
     time_unit: str = "D",
-    max_buyers: int | None = None,
 ) -> HoldoutSplit:
     """Split the clean ``transactions`` of a session into calibration features and holdout actuals.
 
@@ -142,13 +140,10 @@ def split_history(
         Length of the holdout.
     time_unit : {"D", "W"}
         Unit of ``recency`` and ``T``.
-    max_buyers : int, optional
-        Backtest on a sample of this many calibration buyers when there are more
-        (:func:`calibration_rows`).
     """
     split_date = as_of - dt.timedelta(days=holdout_days)
     table = feature_table(con, as_of, timezone, history_window_months, time_unit, split_date)
-    return holdout_split(calibration_rows(table, max_buyers), split_date, holdout_days, time_unit)
+    return holdout_split(calibration_rows(table), split_date, holdout_days, time_unit)
 
 
 #: Calibration columns of a :func:`clv_jobs.features.feature_table` with a split, and their names here.
@@ -173,12 +168,11 @@ def backtest_buyers(table: pa.Table, max_buyers: int | None = None) -> tuple[np.
         The sample's row positions, in order (None: every calibration buyer), and how many
         calibration buyers there are.
     """
-    buyers = int(pc.sum(pc.greater(table["cal_days"], 0)).as_py() or 0)
-    if max_buyers is None or buyers <= max_buyers:
-        return None, buyers
     positions = np.flatnonzero(table["cal_days"].to_numpy() > 0)
+    if max_buyers is None or positions.size <= max_buyers:
+        return None, positions.size
     chosen = np.random.default_rng(SAMPLE_SEED).choice(positions.size, size=max_buyers, replace=False)
-    return positions[np.sort(chosen)], buyers
+    return positions[np.sort(chosen)], positions.size
 
 
 def calibration_rows(table: pa.Table, max_buyers: int | None = None, buyers: int | None = None) -> pa.Table:

@@ -22,7 +22,7 @@ without ``return_raw``, so scipy's ``OptimizeResult`` (and its ``success`` flag)
 seen. :func:`map_convergence` checks the optimum itself instead: it takes the model on the
 same data with the same priors (:func:`clv_jobs.patterns.objective`, the fit's own
 objective), puts the published parameters in, and takes the gradient and the Hessian
-(central differences of the gradient) of exactly the objective ``find_MAP`` maximises (the log-posterior without
+(forward differences of the gradient) of exactly the objective ``find_MAP`` maximises (the log-posterior without
 Jacobian terms, in the unconstrained space the optimiser works in). At a maximum the
 Hessian is negative definite and the Newton step ``(-H)^-1 g`` is tiny. It is "tiny" when
 it moves no parameter by more than 0.1 % (log scale) **or** stays within a tenth of a
@@ -133,7 +133,7 @@ def _gradient_and_hessian(target, x: np.ndarray) -> tuple[np.ndarray, np.ndarray
 
 
 def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, priors: str,
-                    fitted_patterns: pd.DataFrame | None = None, objective=None) -> dict:
+                    objective=None) -> dict:
     """Whether published MAP parameters are at the optimum of pymc-marketing's objective.
 
     Parameters
@@ -144,12 +144,10 @@ def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, 
     rfm : pandas.DataFrame
         The data the model was fitted on.
     priors : {"default", "flat"}
-    fitted_patterns : pandas.DataFrame, optional
-        The weighted patterns of ``rfm`` the fit used (:attr:`FittedModels.patterns`), so
-        that they are not computed again.
     objective : clv_jobs.formulas.NumpyObjective, optional
-        The objective the fit maximised, its data set (:attr:`FittedModels.objectives`):
-        taken as it is when it is ``name``'s with ``priors``.
+        The objective the fit maximised, its data (``rfm``'s patterns) set
+        (:attr:`FittedModels.objectives`): taken as it is when it is ``name``'s with
+        ``priors``, so that the patterns are not found and set up again.
 
     Returns
     -------
@@ -165,7 +163,7 @@ def map_convergence(name: str, parameters: dict[str, float], rfm: pd.DataFrame, 
         target = objective
     else:
         target = patterns.objective(name, priors)  # the objective the fit maximised, on its data
-        target.set_data(patterns.patterns_of(name, rfm) if fitted_patterns is None else fitted_patterns)
+        target.set_data(patterns.patterns_of(name, rfm))
     free_names = target.free_names
     values = _free_values(parameters, free_names)
     support = target.bounds
@@ -273,8 +271,7 @@ def check_fit(
         convergence = {}
         for model, values in models.parameters.items():
             try:
-                result = map_convergence(model, values, rfm, settings.priors, models.patterns.get(model),
-                                         models.objectives.get(model))
+                result = map_convergence(model, values, rfm, settings.priors, models.objectives.get(model))
             except Exception as exc:  # a check that cannot run is reported, not fatal
                 convergence[model] = {"error": f"{type(exc).__name__}: {str(exc).strip()[:200]}"}
                 continue

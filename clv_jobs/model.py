@@ -70,8 +70,8 @@ class FittedModels:
     #: [[draws of chain 0], [draws of chain 1], ...]}}`` (JSON-ready, for ``model.json``);
     #: ``None`` after a MAP fit.
     posterior: dict[str, dict[str, list[list[float]]]] | None = None
-    #: The weighted patterns each model was fitted on (:mod:`clv_jobs.patterns`), for the
-    #: quality gate's convergence check; not stored.
+    #: The weighted patterns each model was fitted on (:mod:`clv_jobs.patterns`): the
+    #: transaction model's serve predictions for the fitted rows (:meth:`rows_of`); not stored.
     patterns: dict[str, pd.DataFrame] = dataclasses.field(default_factory=dict, repr=False, compare=False)
     #: The objective each MAP fit maximised, with its data (:attr:`clv_jobs.patterns.MapFit.objective`),
     #: for the quality gate's convergence check; not stored.

@@ -321,8 +321,42 @@ def validate(
 SECOND_PASS_SAMPLES = 20
 
 
+def _load_orders(con: duckdb.DuckDBPyConnection, orders: pa.Table) -> None:
+    """Copy clean orders into the session's ``transactions`` table.
+
+    A table of DuckDB's own: the feature pass reads the orders once per part of the
+    customers, and each read of an Arrow table converts its text again (0.6 s more at
+    five million buyers; the copy took 0.3 s).
+    """
+    con.register("clean_orders", orders)
+    con.execute("CREATE TEMP TABLE transactions AS SELECT * FROM clean_orders")
+    con.unregister("clean_orders")
+
+
+def _sampled_calibration(con: duckdb.DuckDBPyConnection, table: pa.Table, account: AccountSettings,
+                         as_of: dt.date, split_date: dt.date) -> pa.Table:
+    """:func:`clv_jobs.backtest.calibration_rows` of the backtest's buyers, from a second pass over their orders.
+
+    ``table`` is the pass of every buyer with ``cal_days`` alone: it says which buyers the
+    backtest takes; a pass over their orders alone, in a session of its own, gives their
+    calibration columns (a customer's row depends on its own orders only: the same row).
+    """
+    positions, buyers = backtest.backtest_buyers(table, account.model.backtest_max_buyers)
+    chosen = (table.filter(pc.greater(table["cal_days"], 0)) if positions is None
+              else table.select(["customer_id"]).take(positions))
+    con.register("backtest_customers", chosen.select(["customer_id"]))
+    orders = con.sql("SELECT * FROM transactions SEMI JOIN backtest_customers USING (customer_id)").to_arrow_table()
+    con.unregister("backtest_customers")
+    with closing(connect()) as backtest_session:
+        _load_orders(backtest_session, orders)
+        del orders
+        return backtest.calibration_rows(
+            feature_table(backtest_session, as_of, account.timezone, account.history_window_months,
+                          account.model.time_unit, split_date), buyers=buyers)
+
+
 def features(project: Project, run: dict, memory: dict | None = None) -> dict:
-    """Stage 2: per-customer features of the history window and the backtest's split, in one pass.
+    """Stage 2: per-customer features of the history window and the backtest's split.
 
     ``work/features.parquet``: :func:`clv_jobs.features.build_features`;
     ``work/calibration.parquet``: the backtest's calibration buyers (a sample of them on a
@@ -336,42 +370,19 @@ def features(project: Project, run: dict, memory: dict | None = None) -> dict:
     split_date = as_of - dt.timedelta(days=account.model.holdout_days)
     max_buyers = account.model.backtest_max_buyers
     # An account of many more buyers than the backtest takes: the pass carries only which
-    # buyers it may take, and a second pass over the chosen ones' orders alone their
-    # calibration columns (every buyer's, held from the pass to the sample, were 0.3 GB at
-    # five million buyers; a customer's row depends on its own orders only, so it is the
-    # same row). The second pass costs the same at any size (0.5 s for 250,000 buyers):
-    # below twenty clean orders per sampled buyer (two million buyers or so, by default)
-    # one pass carries every column.
+    # buyers it may take, and a second pass their calibration columns (every buyer's, held
+    # from the pass to the sample, were 0.3 GB at five million buyers). The second pass
+    # costs the same at any size (0.5 s for 250,000 buyers): below twenty clean orders per
+    # sampled buyer (two million buyers or so, by default) one pass carries every column.
     sampled = max_buyers is not None and run.get("rows_clean", 0) > SECOND_PASS_SAMPLES * max_buyers
     try:
         with _step(account.account_id, "features"):
             if memory is None:
-                # Copied into a table of DuckDB's own: the pass reads the orders once per part
-                # of the customers, and each read of an Arrow table converts its text again
-                # (0.6 s more at five million buyers; the copy took 0.3 s).
-                con.register("clean_orders", _get_arrow(store, run, "transactions", None))
-                con.execute("CREATE TEMP TABLE transactions AS SELECT * FROM clean_orders")
-                con.unregister("clean_orders")
+                _load_orders(con, _get_arrow(store, run, "transactions", None))
             table = feature_table(con, as_of, account.timezone, account.history_window_months,
                                   account.model.time_unit, split_date, calibration_days_only=sampled)
-            if sampled:
-                positions, buyers = backtest.backtest_buyers(table, max_buyers)
-                chosen = (table.filter(pc.greater(table["cal_days"], 0)) if positions is None
-                          else table.select(["customer_id"]).take(positions))
-                con.register("backtest_customers", chosen.select(["customer_id"]))
-                orders = con.sql("SELECT * FROM transactions SEMI JOIN backtest_customers USING (customer_id)"
-                                 ).to_arrow_table()
-                con.unregister("backtest_customers")
-                with closing(connect()) as backtest_session:
-                    backtest_session.register("backtest_orders", orders)
-                    backtest_session.execute("CREATE TEMP TABLE transactions AS SELECT * FROM backtest_orders")
-                    backtest_session.unregister("backtest_orders")
-                    del orders
-                    calibration = backtest.calibration_rows(
-                        feature_table(backtest_session, as_of, account.timezone, account.history_window_months,
-                                      account.model.time_unit, split_date), buyers=buyers)
-            else:
-                calibration = backtest.calibration_rows(table, max_buyers)
+            calibration = (_sampled_calibration(con, table, account, as_of, split_date) if sampled
+                           else backtest.calibration_rows(table, max_buyers))
     finally:
         con.close()
     frame = features_frame(table)
