@@ -40,6 +40,9 @@ RFM_COLUMNS = ["customer_id", "frequency", "recency", "T", "monetary_value"]
 #: are DECIMAL(38, 6) either way; each order's amount is read as :data:`MONEY` (64-bit:
 #: the pass took about 1.3 s less CPU at five million buyers, medians of four single-threaded
 #: runs) while every amount read is below :data:`MONEY_LIMIT`, else as :data:`WIDE_MONEY`.
+#: Each purchase day's total is kept as :data:`MONEY` too while the amounts read add up to
+#: less than :data:`MONEY_LIMIT` (no day's total can then overflow it): the per-customer
+#: step, the pass's dearest, sums 64-bit decimals (0.6 s less at five million buyers).
 MONEY = "DECIMAL(18, 6)"
 WIDE_MONEY = "DECIMAL(38, 6)"
 MONEY_LIMIT = 1e12
@@ -74,7 +77,7 @@ SPLIT_COLUMNS = ["cal_days", "cal_mon_value", "cal_frequency", "cal_recency", "c
 
 
 def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY, first: bool = False,
-                 last: bool = False, calibration_days_only: bool = False) -> str:
+                 last: bool = False, calibration_days_only: bool = False, day_money: str = WIDE_MONEY) -> str:
     """One pass over the orders (of a range of customers): per purchase day, then per customer, every window at once.
 
     Purchase days are local days and every window starts and ends at a local midnight, so
@@ -90,7 +93,8 @@ def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY, fi
     are the customer's own when it has a calibration day at all. Four aggregates and
     eleven filters fewer in the per-customer step, the pass's dearest.
 
-    ``money``: the decimal type each order's amount is read as (:data:`MONEY`).
+    ``money``, ``day_money``: the decimal types each order's amount and each purchase day's
+    total are kept as (:data:`MONEY`).
 
     ``first``, ``last``: the pass covers the customer ids from ``$first_id`` on, before
     ``$last_id`` (a part of :func:`feature_table`).
@@ -141,7 +145,7 @@ def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY, fi
     return f"""
         WITH per_day AS (
             SELECT customer_id, {local_day_sql("order_ts")} AS day,
-                   sum(CAST(amount AS {money})) AS day_amount, count(*) AS orders,
+                   CAST(sum(CAST(amount AS {money})) AS {day_money}) AS day_amount, count(*) AS orders,
                    min(order_ts) AS first_ts, max(order_ts) AS last_ts
             FROM transactions
             WHERE order_ts >= $range_start AND order_ts < $cutoff{customers}
@@ -211,16 +215,19 @@ def feature_table(
                    "cal_period_end": split_date - dt.timedelta(days=1)}
     params["range_start"] = range_start
     # Of the orders read: the first (whether any lies before the history window), the
-    # largest amount (whether 64-bit decimals hold every one) and their count (the parts).
-    first_read, largest, orders_read = con.execute(
-        "SELECT min(order_ts), max(abs(amount)), count(*) FROM transactions WHERE order_ts >= $range_start "
-        "AND order_ts < $cutoff", {"range_start": range_start, "cutoff": params["cutoff"]}).fetchall()[0]
+    # largest amount and the sum of all (whether 64-bit decimals hold every order's amount
+    # and every day's total) and their count (the parts).
+    first_read, largest, total, orders_read = con.execute(
+        "SELECT min(order_ts), max(abs(amount)), sum(abs(amount)), count(*) FROM transactions "
+        "WHERE order_ts >= $range_start AND order_ts < $cutoff",
+        {"range_start": range_start, "cutoff": params["cutoff"]}).fetchall()[0]
     whole_window = split_date is not None and (first_read is None or first_read >= window_start)
     money = MONEY if largest is None or largest < MONEY_LIMIT else WIDE_MONEY
+    day_money = MONEY if total is None or total < MONEY_LIMIT else WIDE_MONEY
     parts = []
     for first_id, last_id in customer_ranges(con, orders_read):
         sql = _feature_sql(split_date is not None, whole_window, money, first_id is not None, last_id is not None,
-                           calibration_days_only)
+                           calibration_days_only, day_money)
         bound = params | {"first_id": first_id, "last_id": last_id}
         parts.append(con.sql(sql, params={name: value for name, value in bound.items() if f"${name}" in sql})
                      .to_arrow_table())

@@ -354,6 +354,17 @@ def test_amounts_of_a_trillion_or_more_are_summed_exactly_too():
     assert features.loc["a", "monetary_value"] == 0.5
 
 
+def test_a_days_total_of_a_trillion_or_more_is_summed_exactly():
+    """Amounts each below ``features.MONEY_LIMIT`` whose day's total is not: the day's total is a 128-bit decimal."""
+    half = 6e11 + 0.25
+    features = _features([("a", dt.datetime(2025, 1, 5, 10), half), ("a", dt.datetime(2025, 1, 5, 11), half),
+                          ("a", dt.datetime(2025, 2, 5, 10), 0.5)])
+    assert features.loc["a", "mon_value"] == 1.2e12 + 1.0
+    assert features.loc["a", "freq_value"] == 3
+    assert features.loc["a", "frequency"] == 1
+    assert features.loc["a", "monetary_value"] == 0.5
+
+
 def test_64_and_128_bit_decimals_give_the_same_features(random_orders, monkeypatch):
     """The 64-bit reading of the amounts changes no feature (any amount, micro-units, over random orders)."""
     import clv_jobs.features as features_module
