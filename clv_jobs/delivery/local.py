@@ -27,6 +27,9 @@ def _replace_atomically(write, final: Path) -> None:
 def deliver(local_file: Path, destination: LocalDestination, manifest: dict, resolver: Resolver | None = None) -> dict:
     """Copy the file into the folder, verify it, then write its manifest.
 
+    The staged copy is read back and must hash to the manifest's SHA-256 before it takes
+    the final name; otherwise it is removed and nothing is delivered.
+
     Returns
     -------
     dict
@@ -34,10 +37,14 @@ def deliver(local_file: Path, destination: LocalDestination, manifest: dict, res
     """
     folder = Path(destination.path)
     final = folder / local_file.name
-    _replace_atomically(lambda staging: shutil.copyfile(local_file, staging), final)
-    if file_digest(final)["sha256"] != manifest["sha256"]:
-        raise DeliveryError(f"account {manifest['account']}, local {folder}: delivered file differs "
-                            "from the published one (sha256 mismatch)")
+
+    def copy_verified(staging: Path) -> None:
+        shutil.copyfile(local_file, staging)
+        if file_digest(staging)["sha256"] != manifest["sha256"]:
+            raise DeliveryError(f"account {manifest['account']}, local {folder}: delivered file differs "
+                                "from the published one (sha256 mismatch); nothing delivered")
+
+    _replace_atomically(copy_verified, final)
     manifest_path = folder / manifest_name(local_file.name)
     _replace_atomically(lambda staging: staging.write_bytes(manifest_bytes(manifest)), manifest_path)
     return {"destination": "local", "path": str(final), "manifest": str(manifest_path)}
