@@ -346,13 +346,15 @@ def model_predictions(models: FittedModels, rfm: pd.DataFrame, future_t: float) 
         expected spend per purchase day; the population mean for one-time buyers), each in
         the order of ``rfm``; posterior means for a full posterior.
     """
-    patterns, pattern_of = models.rows_of(rfm) or distinct_rows(rfm, TRANSACTION_KEYS)
+    fitted_rows = models.rows_of(rfm)
+    patterns, pattern_of = fitted_rows or distinct_rows(rfm, TRANSACTION_KEYS)
     patterns = patterns[TRANSACTION_KEYS]  # a fit's patterns carry their counts too
     if models.closed_form:
         name, parameters = models.transaction_model, models.parameters
         x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
         with np.errstate(all="ignore"):
-            predicted = formulas.transaction_predictions(name, parameters[name], x, t_x, T, future_t)
+            predicted = (models.pattern_predictions(future_t) if fitted_rows is not None
+                         else formulas.transaction_predictions(name, parameters[name], x, t_x, T, future_t))
             # A few operations per row: cheaper than finding the distinct spend patterns.
             spend = formulas.expected_spend(parameters["gamma_gamma"], rfm["frequency"].to_numpy(dtype=float),
                                             rfm["monetary_value"].to_numpy(dtype=float))

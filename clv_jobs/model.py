@@ -81,12 +81,29 @@ class FittedModels:
     #: the quality gate's) need not find the patterns again (half a second at 5M buyers).
     fitted_rfm: pd.DataFrame | None = dataclasses.field(default=None, repr=False, compare=False)
     rows_pattern: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    #: :meth:`pattern_predictions` already computed, by ``future_t``; not stored.
+    _pattern_predictions: dict[float, dict[str, np.ndarray]] = dataclasses.field(
+        default_factory=dict, repr=False, compare=False)
 
     def rows_of(self, rfm: pd.DataFrame) -> DistinctRows | None:
         """The transaction patterns of ``rfm`` and each row's index into them, if it is the fitted frame."""
         if rfm is not self.fitted_rfm or self.rows_pattern is None:
             return None
         return self.patterns[self.transaction_model], self.rows_pattern
+
+    def pattern_predictions(self, future_t: float) -> dict[str, np.ndarray]:
+        """P-Alive and expected purchases over ``future_t`` of each fitted transaction pattern (a MAP fit's).
+
+        Computed once per ``future_t``: the quality gate checks them and the score stage
+        publishes them (their hypergeometric terms took half a second at five million buyers).
+        """
+        if future_t not in self._pattern_predictions:
+            name = self.transaction_model
+            x, t_x, T = (self.patterns[name][c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+            with np.errstate(all="ignore"):
+                self._pattern_predictions[future_t] = formulas.transaction_predictions(
+                    name, self.parameters[name], x, t_x, T, future_t)
+        return self._pattern_predictions[future_t]
 
     def _point_or_draws(self, model: str, names: tuple[str, ...]) -> dict:
         source = self.posterior if self.posterior else self.parameters
@@ -369,6 +386,10 @@ def _closed_form_scores(models: FittedModels, rfm: pd.DataFrame, horizon: float,
     patterns, pattern_of = distinct_rows(rfm, TRANSACTION_KEYS) if rows is None else rows
     x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
     purchases: dict[float, np.ndarray] = {}
+    # The fit's own patterns: the horizon's predictions are the quality gate's, computed once.
+    fitted = models.pattern_predictions(horizon) if patterns is models.patterns.get(name) else None
+    if fitted is not None:
+        purchases[horizon] = fitted["purchases"][pattern_of]
     with np.errstate(all="ignore"):
         log_like = formulas.history_log_likelihood(name, transaction, x, t_x, T)
 
@@ -381,8 +402,10 @@ def _closed_form_scores(models: FittedModels, rfm: pd.DataFrame, horizon: float,
 
         expected_spend = formulas.expected_spend(spend, rfm["frequency"].to_numpy(dtype=float),
                                                  rfm["monetary_value"].to_numpy(dtype=float))
+        p_alive = fitted["p_alive"] if fitted is not None else formulas.probability_alive(
+            name, transaction, x, t_x, T, log_like)
         return {
-            "p_alive": formulas.probability_alive(name, transaction, x, t_x, T, log_like)[pattern_of],
+            "p_alive": p_alive[pattern_of],
             "expected_purchases": purchases_over(horizon),
             "expected_spend": expected_spend,
             "clv": formulas.lifetime_value(purchases_over, expected_spend, horizon_months, discount_rate, time_unit),

@@ -554,8 +554,10 @@ def fit(project: Project, run: dict, memory: dict | None = None) -> dict:
     if verdict.passed:
         if memory is not None:
             # The score stage scores these very buyers with this fit: its patterns, not found
-            # again (a second at five million buyers; None after a Bayesian fit).
+            # again (a second at five million buyers; None after a Bayesian fit), and the
+            # fit itself, with the predictions the gate computed on them.
             memory["transaction_rows"] = models.rows_of(rfm)
+            memory["fitted_models"] = models
         store.write_json(_run_file(store, run, "model.json"), record | {
             "model": name,
             "parameters": models.parameters,
@@ -596,7 +598,9 @@ def score(project: Project, run: dict, memory: dict | None = None) -> dict:
     account = project.account(run["account"])
     store = Store(project.store_uri)
     stored = store.read_json(_run_file(store, run, "model.json"))
-    models = models_from_parameters(stored["model"], stored["parameters"], stored.get("posterior"))
+    # In one process, the fit that passed the gate: the model.json parameters, the object itself.
+    models = (memory.pop("fitted_models", None) if memory is not None else None) or models_from_parameters(
+        stored["model"], stored["parameters"], stored.get("posterior"))
     previous = store.read_json(_run_file(store, run, "validation.json"))["previous_run"]
     with _step(account.account_id, "score and segment"):
         table = score_account(_get_frame(store, run, "features", memory), models,

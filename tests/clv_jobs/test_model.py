@@ -195,6 +195,47 @@ def test_models_rebuilt_from_stored_parameters_score_identically(cdnow_fit, cdno
     pd.testing.assert_frame_equal(rebuilt, cdnow_scores(name, 0.01), check_exact=True)
 
 
+@pytest.mark.parametrize("discount_rate", [0.0, 0.01], ids=["undiscounted", "discount_1pct"])
+@pytest.mark.parametrize("name", TRANSACTION_MODELS)
+def test_the_fitted_patterns_predictions_are_computed_once_and_scored_as_they_are(
+        cdnow_fit, cdnow_rfm, cdnow_scores, name, discount_rate, monkeypatch):
+    """A refit scores its fitted rows with the predictions the quality gate computed on their patterns.
+
+    The same scores as a model rebuilt from its stored parameters scoring patterns of its
+    own, exactly; P-Alive and the horizon's purchases are not computed again.
+    """
+    from clv_jobs import formulas
+    from clv_jobs.backtest import model_predictions
+    from clv_jobs.model import DAYS_PER_MONTH, score_customers
+
+    fit = cdnow_fit(name)
+    horizon = 12 * DAYS_PER_MONTH / 7
+    gate = model_predictions(fit, cdnow_rfm, horizon)  # what the quality gate checks
+    assert fit.pattern_predictions(horizon) is fit.pattern_predictions(horizon)
+    calls = {"probability_alive": 0, "expected_purchases": []}
+    original_alive, original_purchases = formulas.probability_alive, formulas.expected_purchases
+
+    def counted_alive(*args, **kwargs):
+        calls["probability_alive"] += 1
+        return original_alive(*args, **kwargs)
+
+    def counted_purchases(name, parameters, x, t_x, T, future_t, *args, **kwargs):
+        calls["expected_purchases"].append(future_t)
+        return original_purchases(name, parameters, x, t_x, T, future_t, *args, **kwargs)
+
+    monkeypatch.setattr(formulas, "probability_alive", counted_alive)
+    monkeypatch.setattr(formulas, "expected_purchases", counted_purchases)
+    scored = score_customers(fit, cdnow_rfm, horizon_months=12, discount_rate=discount_rate, time_unit="W",
+                             rows=fit.rows_of(cdnow_rfm))
+    assert calls["probability_alive"] == 0
+    assert horizon not in calls["expected_purchases"]
+    assert len(calls["expected_purchases"]) == (0 if discount_rate == 0.0 else 11)  # months 1..11
+    monkeypatch.undo()
+    pd.testing.assert_frame_equal(scored, cdnow_scores(name, discount_rate), check_exact=True)
+    np.testing.assert_array_equal(scored["p_alive"].to_numpy(), np.clip(gate["p_alive"], 0, 1))
+    np.testing.assert_array_equal(scored["expected_purchases"].to_numpy(), gate["purchases"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("discount_rate", [0.0, 0.01], ids=["undiscounted", "discount_1pct"])
 @pytest.mark.parametrize("name", TRANSACTION_MODELS)

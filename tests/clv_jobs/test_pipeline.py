@@ -152,6 +152,16 @@ def test_full_history_fit_beside_the_backtest_gives_the_same_bytes(project, two_
         assert (run["run_id"], run["datamodel"]["sha256"]) == (summary["run_id"], summary["datamodel"]["sha256"])
 
 
+def test_the_stages_as_separate_tasks_give_the_refits_bytes(project, two_runs):
+    """Airflow's tasks hand over through ``work/`` and score from ``model.json``; a refit in memory, from its fit."""
+    _, summary = two_runs
+    run = pipeline.validate(project, "shop", AS_OF)
+    for stage in (pipeline.features, pipeline.fit, pipeline.score, pipeline.datamodel):
+        run = stage(project, run)
+    tasks = pipeline.publish(project, run)
+    assert (tasks["run_id"], tasks["datamodel"]["sha256"]) == (summary["run_id"], summary["datamodel"]["sha256"])
+
+
 def test_export_delivers_file_then_manifest_idempotently(project, two_runs):
     _, summary = two_runs
     first = pipeline.export(project, "shop", AS_OF)
