@@ -391,19 +391,23 @@ def _closed_form_scores(models: FittedModels, rfm: pd.DataFrame, horizon: float,
     if fitted is not None:
         purchases[horizon] = fitted["purchases"][pattern_of]
     with np.errstate(all="ignore"):
-        log_like = formulas.history_log_likelihood(name, transaction, x, t_x, T)
+
+        @functools.cache
+        def log_like() -> np.ndarray | None:
+            # Pareto/NBD's (hypergeometric terms): only if a prediction is still to be computed.
+            return formulas.history_log_likelihood(name, transaction, x, t_x, T)
 
         def purchases_over(future_t: float) -> np.ndarray:
             # An undiscounted CLV asks for the horizon's purchases again: computed once.
             if future_t not in purchases:
                 purchases[future_t] = formulas.expected_purchases(name, transaction, x, t_x, T, future_t,
-                                                                  log_like)[pattern_of]
+                                                                  log_like())[pattern_of]
             return purchases[future_t]
 
         expected_spend = formulas.expected_spend(spend, rfm["frequency"].to_numpy(dtype=float),
                                                  rfm["monetary_value"].to_numpy(dtype=float))
         p_alive = fitted["p_alive"] if fitted is not None else formulas.probability_alive(
-            name, transaction, x, t_x, T, log_like)
+            name, transaction, x, t_x, T, log_like())
         return {
             "p_alive": p_alive[pattern_of],
             "expected_purchases": purchases_over(horizon),

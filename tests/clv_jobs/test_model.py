@@ -212,8 +212,13 @@ def test_the_fitted_patterns_predictions_are_computed_once_and_scored_as_they_ar
     horizon = 12 * DAYS_PER_MONTH / 7
     gate = model_predictions(fit, cdnow_rfm, horizon)  # what the quality gate checks
     assert fit.pattern_predictions(horizon) is fit.pattern_predictions(horizon)
-    calls = {"probability_alive": 0, "expected_purchases": []}
+    calls = {"probability_alive": 0, "expected_purchases": [], "history_log_likelihood": 0}
     original_alive, original_purchases = formulas.probability_alive, formulas.expected_purchases
+    original_history = formulas.history_log_likelihood
+
+    def counted_history(*args, **kwargs):
+        calls["history_log_likelihood"] += 1
+        return original_history(*args, **kwargs)
 
     def counted_alive(*args, **kwargs):
         calls["probability_alive"] += 1
@@ -225,11 +230,14 @@ def test_the_fitted_patterns_predictions_are_computed_once_and_scored_as_they_ar
 
     monkeypatch.setattr(formulas, "probability_alive", counted_alive)
     monkeypatch.setattr(formulas, "expected_purchases", counted_purchases)
+    monkeypatch.setattr(formulas, "history_log_likelihood", counted_history)
     scored = score_customers(fit, cdnow_rfm, horizon_months=12, discount_rate=discount_rate, time_unit="W",
                              rows=fit.rows_of(cdnow_rfm))
     assert calls["probability_alive"] == 0
     assert horizon not in calls["expected_purchases"]
     assert len(calls["expected_purchases"]) == (0 if discount_rate == 0.0 else 11)  # months 1..11
+    # Pareto/NBD's likelihood of the history (what its predictions divide by): once, if needed at all.
+    assert calls["history_log_likelihood"] == (0 if discount_rate == 0.0 else 1)
     monkeypatch.undo()
     pd.testing.assert_frame_equal(scored, cdnow_scores(name, discount_rate), check_exact=True)
     np.testing.assert_array_equal(scored["p_alive"].to_numpy(), np.clip(gate["p_alive"], 0, 1))
