@@ -64,9 +64,10 @@ few thousand buyers, a few % at 100,000; ``--lifetimes-tolerance`` sets lifetime
 
 Output: progress lines as each pipeline starts and finishes, then the table (pipeline,
 buyers, orders, wall and CPU seconds, peak RSS, each reference's time and memory relative to
-this project, this project relative to the floor, the load average at each start) and the
-agreement, also appended as a dated section (machine, versions, git commit) to
-``--results`` (default ``benchmarks/results.md``).
+this project, this project relative to the floor, the load average at each start), the
+agreement, and issue 6's targets (each at the size it names, :data:`TARGETS`: met, not met,
+or not measured when the run does not include that size), also appended as a dated section
+(machine, versions, git commit) to ``--results`` (default ``benchmarks/results.md``).
 
 Exit status: 0 everything ran and agreed; 1 an agreement check failed; 2 a pipeline failed
 (its log's last lines are printed; logs are in ``WORKDIR/runs/``).
@@ -545,6 +546,70 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+#: Issue 6's speed and memory targets, each at the size it names: (model, buyers, kind, bound).
+#: ``faster``: the faster reference's wall seconds over this project's, at least ``bound``;
+#: ``pymc``: pymc-marketing's alone; ``floor``: this project's over the floor's, at most
+#: ``bound``; ``memory``: this project's peak RSS over the leaner reference's, at most
+#: ``bound``; ``completes``: this project ran.
+TARGETS = (
+    ("bg_nbd", 5_000_000, "faster", 10.0),
+    ("bg_nbd", 5_000_000, "floor", 3.0),
+    ("bg_nbd", 5_000_000, "memory", 0.5),
+    ("pareto_nbd", 5_000_000, "pymc", 10.0),
+    ("bg_nbd", 1_000_000, "faster", 5.0),
+    ("bg_nbd", TEN_MILLION, "completes", None),
+)
+
+_TARGET_ASKED = {
+    "faster": "≥ {bound:g}x faster than the faster reference",
+    "pymc": "≥ {bound:g}x faster than pymc-marketing",
+    "floor": "≤ {bound:g}x the floor's time",
+    "memory": "peak RSS ≤ {bound:g} x the leaner reference's",
+    "completes": "completes",
+}
+
+
+def _target(results: list[Result], model: str, buyers: int, kind: str, bound: float | None) -> tuple[str, str]:
+    """What one target's runs measured, and whether it is met (``yes``, ``no`` or why it cannot say)."""
+    def ok_run(pipeline: str) -> Result | None:
+        return next((r for r in results if (r.model, r.buyers, r.pipeline) == (model, buyers, pipeline)
+                     and r.status == "ok"), None)
+
+    project = ok_run(PROJECT)
+    if project is None:
+        return "this project did not run at this size", "not measured"
+    if kind == "completes":
+        return f"{project.wall:.1f} s, {project.rss_gib:.2f} GiB", "yes"
+    if kind == "floor":
+        floor = ok_run(FLOOR)
+        if floor is None:
+            return "the floor did not run", "not measured"
+        ratio = project.wall / floor.wall
+        return f"{ratio:.1f}x ({project.wall:.1f} s against {floor.wall:.1f} s)", "yes" if ratio <= bound else "no"
+    references = [r for r in (ok_run(PYMC), ok_run(LIFETIMES) if kind != "pymc" else None) if r is not None]
+    if not references:
+        return "no reference ran", "not measured"
+    if kind == "memory":
+        leaner = min(references, key=lambda r: r.rss_gib)
+        ratio = project.rss_gib / leaner.rss_gib
+        return (f"{ratio:.2f} x ({project.rss_gib:.2f} GiB against {leaner.pipeline} {leaner.rss_gib:.2f})",
+                "yes" if ratio <= bound else "no")
+    faster = min(references, key=lambda r: r.wall)
+    ratio = faster.wall / project.wall
+    return (f"{ratio:.1f}x ({faster.pipeline} {faster.wall:.1f} s against {project.wall:.1f} s)",
+            "yes" if ratio >= bound else "no")
+
+
+def targets_text(results: list[Result]) -> str:
+    """The Markdown table of issue 6's targets: what each asks, what this run measured, whether it is met."""
+    lines = ["| target | model | buyers | measured | met |", "|---|---|--:|---|---|"]
+    for model, buyers, kind, bound in TARGETS:
+        measured, met = _target(results, model, buyers, kind, bound)
+        lines.append(f"| {_TARGET_ASKED[kind].format(bound=bound or 0)} | {MODEL_LABELS[model]} | {buyers:,} "
+                     f"| {measured} | {met} |")
+    return "\n".join(lines)
+
+
 def _pct(value: float) -> str:
     return f"{100 * value:.3g} %" if np.isfinite(value) else "inf"
 
@@ -814,6 +879,8 @@ def main(argv: list[str] | None = None) -> int:
         "is the largest single process of the pipeline's tree). The pipelines run one after the other; other "
         "work on the machine shows in the load average at each start.",
         "### Agreement\n\n" + agreement_text(agreements),
+        "### Targets (issue 6)\n\n" + targets_text(results) + "\n\nA target is measured only when this run "
+        "includes its size; the ratios are of whole processes as in the table above.",
         "### Stages\n\n" + ("\n".join(f"- {note}" for note in stage_notes) or "none recorded"),
         ("**Result: " + ("; ".join(
             ([f"{len(failed)} pipeline(s) FAILED: " + ", ".join(f"{r.pipeline} ({MODEL_LABELS[r.model]} "

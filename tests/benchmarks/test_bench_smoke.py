@@ -87,6 +87,10 @@ def test_results_file_written(bench_run):
     assert "Machine: " in text and "nproc" in text and "Git commit" in text and "pymc-marketing 1." in text
     assert "| BG/NBD | this project (clv run) | 3,000 |" in text
     assert "### Agreement" in text
+    # Issue 6's targets name sizes this smoke run does not include: each says so.
+    assert "### Targets (issue 6)" in text
+    assert "| ≥ 10x faster than the faster reference | BG/NBD | 5,000,000 | this project did not run at this size " \
+           "| not measured |" in text
 
 
 def test_without_lifetimes_the_rest_runs(tmp_path):
