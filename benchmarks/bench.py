@@ -74,7 +74,7 @@ Exit status: 0 everything ran and agreed; 1 an agreement check failed; 2 a pipel
 
 Examples::
 
-    make bench                                   # --sizes 1000000,5000000 --pareto-sizes 1000000
+    make bench                                   # --sizes 1000000,5000000 --pareto-sizes 5000000
     make bench BENCH_ARGS="--sizes 100000 --pareto-sizes 100000"
     .venv/bin/python benchmarks/bench.py --sizes 1000000 --pareto-sizes 0 --ten-million
 """
@@ -105,7 +105,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "benchmarks"
 
 DEFAULT_SIZES = "1000000,5000000"
-DEFAULT_PARETO_SIZES = "1000000"
+DEFAULT_PARETO_SIZES = "5000000"
 TEN_MILLION = 10_000_000
 DEFAULT_REFERENCE_MAX = 5_000_000
 DEFAULT_AS_OF = dt.date(2025, 6, 1)
