@@ -40,7 +40,7 @@ import pyarrow as pa
 from clv_jobs import formulas
 from clv_jobs.errors import ModelError
 from clv_jobs.features import TIME_UNIT_DAYS, buyer_rows, feature_table, rfm_frame
-from clv_jobs.model import FittedModels, fit_models
+from clv_jobs.model import FittedModels, fit_models, predict_patterns
 from clv_jobs.patterns import TRANSACTION_KEYS, UNIQUE_CUSTOMERS, distinct_rows
 from clv_jobs.settings import ModelSettings
 
@@ -350,11 +350,10 @@ def model_predictions(models: FittedModels, rfm: pd.DataFrame, future_t: float) 
     patterns, pattern_of = fitted_rows or distinct_rows(rfm, TRANSACTION_KEYS)
     patterns = patterns[TRANSACTION_KEYS]  # a fit's patterns carry their counts too
     if models.closed_form:
-        name, parameters = models.transaction_model, models.parameters
-        x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+        parameters = models.parameters
+        predicted = (models.pattern_predictions(future_t) if fitted_rows is not None
+                     else predict_patterns(models.transaction_model, parameters, patterns, future_t))
         with np.errstate(all="ignore"):
-            predicted = (models.pattern_predictions(future_t) if fitted_rows is not None
-                         else formulas.transaction_predictions(name, parameters[name], x, t_x, T, future_t))
             # A few operations per row: cheaper than finding the distinct spend patterns.
             spend = formulas.expected_spend(parameters["gamma_gamma"], rfm["frequency"].to_numpy(dtype=float),
                                             rfm["monetary_value"].to_numpy(dtype=float))

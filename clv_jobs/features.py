@@ -135,13 +135,16 @@ def _feature_sql(split: bool, whole_window: bool = False, money: str = MONEY, fi
                        AS holdout_spend"""
     else:
         split_aggregates = ""
-    split_select = f""",
-               c.cal_days, CAST(coalesce(c.cal_amount, 0) AS DOUBLE) AS cal_mon_value,
-               {_model_inputs("cal_", "$cal_period_end", "cal_")},
-               c.holdout_purchases, c.holdout_spend""" if split and not calibration_days_only else ""
-    if split and calibration_days_only:
+    if not split:
+        split_select = ""
+    elif calibration_days_only:
         split_select = """,
                c.cal_days"""
+    else:
+        split_select = f""",
+               c.cal_days, CAST(coalesce(c.cal_amount, 0) AS DOUBLE) AS cal_mon_value,
+               {_model_inputs("cal_", "$cal_period_end", "cal_")},
+               c.holdout_purchases, c.holdout_spend"""
     return f"""
         WITH per_day AS (
             SELECT customer_id, {local_day_sql("order_ts")} AS day,

@@ -54,6 +54,14 @@ INTERVAL_COLUMNS = ("clv_p10", "clv_p50", "clv_p90", "p_alive_p10", "p_alive_p90
 _SCORING_CHUNK_ELEMENTS = 5_000_000
 
 
+def predict_patterns(name: str, parameters: dict[str, dict[str, float]], patterns: pd.DataFrame,
+                     future_t: float) -> dict[str, np.ndarray]:
+    """P-Alive and expected purchases over ``future_t`` of each transaction pattern (:func:`formulas.transaction_predictions`)."""
+    x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
+    with np.errstate(all="ignore"):
+        return formulas.transaction_predictions(name, parameters[name], x, t_x, T, future_t)
+
+
 @dataclasses.dataclass
 class FittedModels:
     """A fitted transaction model and spend model, with what is stored about them.
@@ -85,24 +93,26 @@ class FittedModels:
     _pattern_predictions: dict[float, dict[str, np.ndarray]] = dataclasses.field(
         default_factory=dict, repr=False, compare=False)
 
-    def rows_of(self, rfm: pd.DataFrame) -> DistinctRows | None:
-        """The transaction patterns of ``rfm`` and each row's index into them, if it is the fitted frame."""
-        if rfm is not self.fitted_rfm or self.rows_pattern is None:
+    @property
+    def fitted_rows(self) -> DistinctRows | None:
+        """The transaction patterns of the fitted frame and each of its rows' index into them (a MAP fit's)."""
+        if self.rows_pattern is None:
             return None
         return self.patterns[self.transaction_model], self.rows_pattern
 
+    def rows_of(self, rfm: pd.DataFrame) -> DistinctRows | None:
+        """:attr:`fitted_rows`, if ``rfm`` is the fitted frame."""
+        return self.fitted_rows if rfm is self.fitted_rfm else None
+
     def pattern_predictions(self, future_t: float) -> dict[str, np.ndarray]:
-        """P-Alive and expected purchases over ``future_t`` of each fitted transaction pattern (a MAP fit's).
+        """:func:`predict_patterns` of the fitted transaction patterns (a MAP fit's).
 
         Computed once per ``future_t``: the quality gate checks them and the score stage
         publishes them (their hypergeometric terms took half a second at five million buyers).
         """
         if future_t not in self._pattern_predictions:
-            name = self.transaction_model
-            x, t_x, T = (self.patterns[name][c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
-            with np.errstate(all="ignore"):
-                self._pattern_predictions[future_t] = formulas.transaction_predictions(
-                    name, self.parameters[name], x, t_x, T, future_t)
+            self._pattern_predictions[future_t] = predict_patterns(
+                self.transaction_model, self.parameters, self.patterns[self.transaction_model], future_t)
         return self._pattern_predictions[future_t]
 
     def _point_or_draws(self, model: str, names: tuple[str, ...]) -> dict:
