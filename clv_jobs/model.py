@@ -56,7 +56,10 @@ _SCORING_CHUNK_ELEMENTS = 5_000_000
 
 def predict_patterns(name: str, parameters: dict[str, dict[str, float]], patterns: pd.DataFrame,
                      future_t: float) -> dict[str, np.ndarray]:
-    """P-Alive and expected purchases over ``future_t`` of each transaction pattern (:func:`formulas.transaction_predictions`)."""
+    """P-Alive and expected purchases over ``future_t`` of each transaction pattern.
+
+    :func:`clv_jobs.formulas.transaction_predictions` of the rows of ``patterns``.
+    """
     x, t_x, T = (patterns[c].to_numpy(dtype=float) for c in ("frequency", "recency", "T"))
     with np.errstate(all="ignore"):
         return formulas.transaction_predictions(name, parameters[name], x, t_x, T, future_t)
